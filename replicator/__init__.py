@@ -1,0 +1,3 @@
+"""replicator: direct database replication between point-of-sale registers and their server."""
+
+__version__ = "0.1.0"

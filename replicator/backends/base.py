@@ -1,0 +1,294 @@
+"""The backend interface and a default implementation in SQLAlchemy Core.
+
+A dialect module overrides only what differs (alembic's ddl/impl.py pattern). Implementations
+must be idempotent: applying the same rows or deletes twice leaves the target unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Connection, Engine
+
+from replicator.errors import BusyError, PermanentError, ReplicatorError, TransientError
+from replicator.state import ControlTables, control_tables
+
+Row = tuple[Any, ...]
+ORIGIN_COLUMN = "repl_origin"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    max_bind_params: int
+    bulk_copy: bool
+    schemas: bool
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """How an incoming row meets an existing target row with the same key."""
+
+    rule: str  # source_wins | keep_target | newer_wins
+    column: str | None = None
+
+
+@dataclass(frozen=True)
+class TrackedTable:
+    name: str
+    key: Sequence[str]
+    version: str
+    origin: str = ORIGIN_COLUMN
+
+
+class Backend:
+    dialect: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities(999, False, False)
+    control_schema: ClassVar[str | None] = None
+    control_prefix: ClassVar[str] = "replicator_"
+
+    def __init__(self, url: URL, node: str) -> None:
+        self.url = url
+        self.node = node
+        self.engine = self.create_engine(url)
+        self.ct: ControlTables = control_tables(self.control_schema, self.control_prefix)
+        self._tables: dict[str, sa.Table] = {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.display_url}>"
+
+    @property
+    def display_url(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    def create_engine(self, url: URL) -> Engine:
+        return sa.create_engine(url)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # --- catalog -------------------------------------------------------------------------
+    def table(self, conn: Connection, name: str) -> sa.Table:
+        """The reflected table (cached); `schema.table` names a schema."""
+        if name not in self._tables:
+            schema, _, bare = name.rpartition(".")
+            self._tables[name] = sa.Table(
+                bare, sa.MetaData(), schema=schema or None, autoload_with=conn
+            )
+        return self._tables[name]
+
+    def has_table(self, conn: Connection, name: str) -> bool:
+        schema, _, bare = name.rpartition(".")
+        return sa.inspect(conn).has_table(bare, schema=schema or None)
+
+    def forget_tables(self) -> None:
+        self._tables.clear()
+
+    # --- transactions --------------------------------------------------------------------
+    @contextmanager
+    def read_snapshot(self) -> Iterator[Connection]:
+        """One consistent snapshot of the source for a whole batch, kept short."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def write(self, job: str) -> Iterator[Connection]:
+        """A target transaction that holds the job's lock; commits on success."""
+        with self.engine.connect() as conn, conn.begin():
+            self.lock_job(conn, job)
+            yield conn
+
+    def lock_job(self, conn: Connection, job: str) -> None:
+        """Take the per-job lock for this transaction, or raise BusyError."""
+
+    def mark_origin(self, conn: Connection, origin: str | None) -> None:
+        """Tell this database's triggers who is writing (None: the application)."""
+        raise NotImplementedError
+
+    def safe_upper_bound(self, conn: Connection) -> int:
+        """The highest version all of whose writers have ended, read in `conn`'s snapshot."""
+        raise NotImplementedError
+
+    # --- setup ---------------------------------------------------------------------------
+    def control_ddl(self) -> list[str]:
+        ddl = [str(sa.schema.CreateTable(t, if_not_exists=True).compile(self.engine))
+               for t in self.ct.metadata.sorted_tables]
+        ddl += [str(sa.schema.CreateIndex(i, if_not_exists=True).compile(self.engine))
+                for t in self.ct.metadata.sorted_tables for i in t.indexes]
+        return ddl
+
+    def tracking_ddl(self, conn: Connection | None, table: TrackedTable) -> list[str]:
+        """The statements that track changes of one table, from sql/<dialect>/tracking.sql."""
+        text = resources.files("replicator.sql").joinpath(self.dialect, "tracking.sql")
+        template = text.read_text(encoding="utf-8")
+        names = self.tracking_names(table)
+        return [chunk.format(**names) for chunk in split_sql(template)]
+
+    def tracking_names(self, table: TrackedTable) -> dict[str, str]:
+        q = self.quote
+        bare = table.name.rpartition(".")[2]
+        slug = re.sub(r"[^a-z0-9_]", "_", table.name.lower())[:40]
+        return {
+            "table": self.quote_table(table.name),
+            "table_name_literal": "'" + table.name.replace("'", "''") + "'",
+            "version": q(table.version),
+            "origin": q(table.origin),
+            "key_columns": ", ".join(q(k) for k in table.key),
+            "old_key_columns": ", ".join(f"OLD.{q(k)}" for k in table.key),
+            "key_match_new": " AND ".join(f"{q(k)} = NEW.{q(k)}" for k in table.key),
+            "version_index": q(f"{bare}_{table.version}_idx"[:63]),
+            "tombstone_table": self.quote_table(self.ct.tombstone.fullname),
+            "stamp_function": f"{self.quote(self.control_schema or '')}.{q('stamp_' + slug)}",
+            "tombstone_function": f"{self.quote(self.control_schema or '')}."
+                                  f"{q('tombstone_' + slug)}",
+            "stamp_trigger": q(f"replicator_stamp_{slug}"),
+            "insert_trigger": q(f"replicator_ins_{slug}"),
+            "update_trigger": q(f"replicator_upd_{slug}"),
+            "tombstone_trigger": q(f"replicator_del_{slug}"),
+        }
+
+    def prepare_ddl(self) -> list[str]:
+        """Database-wide objects installed before the control tables, in one transaction."""
+        return []
+
+    def database_ddl(self) -> list[str]:
+        """Database-wide settings that must run outside a transaction."""
+        return []
+
+    def quote(self, name: str) -> str:
+        return str(self.engine.dialect.identifier_preparer.quote(name))
+
+    def quote_table(self, name: str) -> str:
+        schema, _, bare = name.rpartition(".")
+        return f"{self.quote(schema)}.{self.quote(bare)}" if schema else self.quote(bare)
+
+    # --- apply ---------------------------------------------------------------------------
+    def upsert(
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], key: Sequence[str],
+        rows: Sequence[Row], conflict: Conflict,
+    ) -> list[Row]:
+        """Insert or update `rows`; return the keys of rows kept back by the conflict rule.
+
+        Rows equal to the target are not written again, so a repeated batch changes nothing
+        and fires no trigger.
+        """
+        if not rows:
+            return []
+        kept = self.conflicting_keys(conn, table, columns, key, rows) \
+            if conflict.rule == "keep_target" else []
+        self.write_rows(
+            conn, table, columns, rows,
+            lambda insert: self.upsert_statement(insert, table, columns, key, conflict),
+        )
+        return kept
+
+    def upsert_statement(
+        self, insert: Any, table: sa.Table, columns: Sequence[str], key: Sequence[str],
+        conflict: Conflict,
+    ) -> Any:
+        """INSERT .. ON CONFLICT that skips rows equal to the target (no useless writes)."""
+        excluded = insert.excluded
+        others = [c for c in columns if c not in key]
+        if conflict.rule == "keep_target" or not others:
+            return insert.on_conflict_do_nothing(index_elements=list(key))
+        changed = sa.or_(*[table.c[c].is_distinct_from(excluded[c]) for c in others])
+        if conflict.rule == "newer_wins" and conflict.column:
+            col = conflict.column
+            changed = sa.and_(
+                changed, sa.or_(table.c[col].is_(None), excluded[col] > table.c[col])
+            )
+        return insert.on_conflict_do_update(
+            index_elements=list(key), set_={c: excluded[c] for c in others}, where=changed
+        )
+
+    def write_rows(
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row],
+        build: Any,
+    ) -> None:
+        """Default: one executemany of the built statement (drivers batch it)."""
+        stmt = build(self.insert_construct(table))
+        conn.execute(stmt, [dict(zip(columns, row, strict=True)) for row in rows])
+
+    def insert_construct(self, table: sa.Table) -> Any:
+        raise NotImplementedError
+
+    def conflicting_keys(
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], key: Sequence[str],
+        rows: Sequence[Row],
+    ) -> list[Row]:
+        """Keys of `rows` that exist in the target with other values."""
+        index = [columns.index(k) for k in key]
+        out = []
+        for chunk in chunks(rows, max(1, self.capabilities.max_bind_params // len(columns))):
+            wanted = {tuple(r[i] for i in index): r for r in chunk}
+            cond = sa.tuple_(*[table.c[k] for k in key]).in_(list(wanted))
+            stmt = sa.select(*[table.c[c] for c in columns]).where(cond)
+            for existing in conn.execute(stmt):
+                k = tuple(existing[i] for i in index)
+                if tuple(existing) != tuple(wanted.get(k, existing)):
+                    out.append(k)
+        return out
+
+    def delete(
+        self, conn: Connection, table: sa.Table, key: Sequence[str], keys: Sequence[Row],
+        soft_column: str | None,
+    ) -> int:
+        if not keys:
+            return 0
+        where = sa.and_(*[table.c[k] == sa.bindparam(f"k_{i}") for i, k in enumerate(key)])
+        stmt: Any
+        if soft_column:
+            stmt = sa.update(table).where(
+                where, table.c[soft_column].is_distinct_from(sa.true())
+            ).values({soft_column: sa.true()})
+        else:
+            stmt = sa.delete(table).where(where)
+        params = [{f"k_{i}": v for i, v in enumerate(k)} for k in keys]
+        conn.execute(stmt, params)
+        return len(keys)
+
+    # --- errors --------------------------------------------------------------------------
+    def classify(self, exc: BaseException) -> ReplicatorError:
+        """Sort a driver error into transient (retry later) or permanent (stop, report)."""
+        if isinstance(exc, ReplicatorError):
+            return exc
+        if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+            return TransientError(f"{self.display_url}: {first_line(exc)}")
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            return TransientError(f"{self.display_url}: connection lost: {first_line(exc)}")
+        return PermanentError(f"{self.display_url}: {first_line(exc)}")
+
+    @staticmethod
+    def is_row_error(exc: BaseException) -> bool:
+        """A failure caused by the data of some row (quarantine it), not by the database."""
+        return isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError)
+
+
+def first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+
+
+def split_sql(script: str) -> list[str]:
+    """Statements of a template: chunks separated by blank lines, comment-only chunks out."""
+    out = []
+    for chunk in re.split(r"\n\s*\n", script):
+        body = "\n".join(ln for ln in chunk.splitlines() if not ln.lstrip().startswith("--"))
+        if body.strip():
+            out.append(body.strip().rstrip(";") if not body.strip().endswith("END;")
+                       else body.strip())
+    return out
+
+
+def chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+__all__ = ["BusyError", "Backend", "Capabilities", "Conflict", "Row", "TrackedTable"]

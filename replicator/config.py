@@ -1,0 +1,265 @@
+"""Node config (replicator.toml): who this node is, its databases, its jobs, its logging."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from replicator.errors import ConfigError
+from replicator.mapping import MappingFile, format_validation_error, load_mappings
+from replicator.sourcefile import load_toml
+
+Var = str | int
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(Strict):
+    name: str = Field(description="this node's name, e.g. loja01-caixa02")
+    store_id: Var | None = None
+    register_id: Var | None = None
+    vars: dict[str, Var] = Field(default_factory=dict, description="more node variables")
+
+
+class DatabaseConfig(Strict):
+    role: Literal["server", "register"]
+    node: str | None = Field(
+        default=None,
+        description="stable name of this database's node, the same in every node's config "
+        "(written as the origin of replicated rows); default: the key of this table",
+    )
+    url: str = Field(description="SQLAlchemy URL without the password, e.g. "
+                     "postgresql+psycopg://replicator@10.0.0.5/loja or sqlite:///caixa.db")
+    password_env: str | None = Field(
+        default=None, description="environment variable that holds the password"
+    )
+    password_file: Path | None = Field(
+        default=None, description="file (mode 600) whose first line is the password"
+    )
+    vars: dict[str, Var] = Field(
+        default_factory=dict, description="variables of this database's node, e.g. register_id"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _no_password_in_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL; write e.g. postgresql+psycopg://user@host/db or "
+                "sqlite:///path/file.db"
+            ) from None
+        if url.password:
+            raise ValueError(
+                "the URL contains a password; remove it and set password_env or password_file"
+            )
+        if url.get_backend_name() not in {"postgresql", "sqlite"}:
+            raise ValueError(
+                f"database kind {url.get_backend_name()!r} is not supported yet; "
+                "use postgresql or sqlite"
+            )
+        return value
+
+
+class JobConfig(Strict):
+    group: str
+    every: str = Field(default="60s", pattern=r"^\d+(s|m|h)$", description="e.g. 30s, 5m, 1h")
+    registers: list[str] | None = Field(
+        default=None, description="register databases this job runs for (default: all)"
+    )
+
+    @property
+    def seconds(self) -> int:
+        unit = {"s": 1, "m": 60, "h": 3600}[self.every[-1]]
+        return int(self.every[:-1]) * unit
+
+
+class LogConfig(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    file: Path | None = None
+    rotation: str = "10 MB"
+    retention: str = "30 days"
+
+
+class SyncConfig(Strict):
+    page_rows: int = Field(default=5000, ge=1, description="rows read per page")
+    batch_rows: int = Field(default=20000, ge=1, description="changes per target transaction")
+    lock_timeout_ms: int = Field(default=2000, ge=0)
+
+
+class Config(Strict):
+    node: NodeConfig
+    mappings: Path = Path("mappings")
+    databases: dict[str, DatabaseConfig] = Field(min_length=1)
+    jobs: list[JobConfig] = Field(default_factory=list)
+    log: LogConfig = LogConfig()
+    sync: SyncConfig = SyncConfig()
+
+
+class Job(BaseModel):
+    """One (group, source database, target database) to run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    group: str
+    source: str
+    target: str
+    vars: dict[str, Var]
+    every: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.group}:{self.source}->{self.target}"
+
+
+class Settings:
+    """A loaded and cross-checked node: config, mappings and the jobs they make."""
+
+    def __init__(self, path: Path, config: Config, groups: dict[str, MappingFile]) -> None:
+        self.path = path
+        self.config = config
+        self.groups = groups
+
+    def url(self, database: str) -> URL:
+        db = self.config.databases[database]
+        url = make_url(db.url)
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            path = Path(url.database)
+            if not path.is_absolute():
+                url = url.set(database=str((self.path.parent / path).resolve()))
+        password = _password(database, db)
+        return url.set(password=password) if password else url
+
+    def jobs(self, groups: list[str] | None = None) -> list[Job]:
+        wanted = groups or [j.group for j in self.config.jobs] or list(self.groups)
+        for group in wanted:
+            if group not in self.groups:
+                raise ConfigError(
+                    f"no mapping group {group!r}; groups in {self.config.mappings}: "
+                    + ", ".join(sorted(self.groups))
+                )
+        servers = [n for n, d in self.config.databases.items() if d.role == "server"]
+        registers = [n for n, d in self.config.databases.items() if d.role == "register"]
+        out = []
+        for group in dict.fromkeys(wanted):
+            job_cfg = next((j for j in self.config.jobs if j.group == group), None)
+            every = job_cfg.seconds if job_cfg else 60
+            chosen = job_cfg.registers if job_cfg and job_cfg.registers else registers
+            down = self.groups[group].direction == "server_to_register"
+            for server in servers:
+                for register in chosen:
+                    node_vars = self._vars(register)
+                    src, dst = (server, register) if down else (register, server)
+                    out.append(Job(group=group, source=src, target=dst, vars=node_vars,
+                                   every=every))
+        return out
+
+    def _vars(self, register: str) -> dict[str, Var]:
+        node = self.config.node
+        out: dict[str, Var] = {"node": node.name}
+        if node.store_id is not None:
+            out["store_id"] = node.store_id
+        if node.register_id is not None:
+            out["register_id"] = node.register_id
+        out.update(node.vars)
+        out.update(self.config.databases[register].vars)
+        return out
+
+
+def _password(name: str, db: DatabaseConfig) -> str | None:
+    if db.password_env:
+        value = os.environ.get(db.password_env)
+        if value is None:
+            raise ConfigError(
+                f"database {name!r}: environment variable {db.password_env} is not set; "
+                f"set it (looked in the environment because of password_env)"
+            )
+        return value
+    if db.password_file:
+        try:
+            return db.password_file.read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError):
+            raise ConfigError(
+                f"database {name!r}: cannot read the password from {db.password_file}"
+            ) from None
+    return None
+
+
+_VAR_USE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def load_settings(path: Path) -> Settings:
+    source = load_toml(path)
+    try:
+        config = Config.model_validate(source.data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc, "config")) from None
+    problems = []
+    roles = [d.role for d in config.databases.values()]
+    if "server" not in roles or "register" not in roles:
+        problems.append(
+            f"{source.where(('databases',))}: databases: need one database with role = "
+            "\"server\" and at least one with role = \"register\""
+        )
+    mapping_dir = config.mappings if config.mappings.is_absolute() else path.parent / config.mappings
+    if problems:
+        raise ConfigError("\n".join(problems))
+    groups = load_mappings(mapping_dir)
+    for index, job in enumerate(config.jobs):
+        loc = ("jobs", index, "group")
+        if job.group not in groups:
+            problems.append(f"{source.where(loc)}: jobs.{index}.group: no mapping group "
+                            f"{job.group!r}; known groups: {', '.join(sorted(groups))}")
+        for reg in job.registers or []:
+            if config.databases.get(reg) is None or config.databases[reg].role != "register":
+                problems.append(f"{source.where(('jobs', index, 'registers'))}: "
+                                f"jobs.{index}.registers: {reg!r} is not a register database")
+    settings = Settings(path, config, groups)
+    for name, db in config.databases.items():
+        if db.role != "register":
+            continue
+        known = set(settings._vars(name))
+        for group in groups.values():
+            for table in group.tables:
+                used = _variables_used(table.columns, table.where)
+                for var in sorted(used - known):
+                    problems.append(
+                        f"{source.where(('databases', name))}: database {name!r}: mapping "
+                        f"group {group.group!r} table {table.label!r} uses {{{var}}} but the "
+                        f"node has no such variable; set node.{var} or "
+                        f"databases.{name}.vars.{var}"
+                    )
+    if problems:
+        raise ConfigError("\n".join(dict.fromkeys(problems)))
+    return settings
+
+
+def _variables_used(*parts: object) -> set[str]:
+    found: set[str] = set()
+
+    def walk(value: object) -> None:
+        if isinstance(value, str):
+            m = _VAR_USE.fullmatch(value)
+            if m:
+                found.add(m.group(1))
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                walk(v)
+        elif isinstance(value, BaseModel):
+            walk(value.model_dump())
+
+    for part in parts:
+        walk(part)
+    return found
