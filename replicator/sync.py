@@ -179,6 +179,27 @@ class JobRunner:
                 ) from None
             raise self.target.classify(exc) from exc
 
+    def pending(self, marks: dict[str, int], cap: int) -> dict[str, int]:
+        """Changes waiting at the source per table (rows and deletes, counted up to cap)."""
+        out = {}
+        tomb = self.source.ct.tombstone
+        with self.source.read_snapshot() as conn:
+            for plan in self.plans():
+                low = marks.get(plan.label, 0)
+                origin = plan.source.c[ORIGIN_COLUMN]
+                probes = [sa.select(plan.version).where(
+                    plan.version > low, sa.or_(origin.is_(None), origin != self.target_node),
+                    *plan.filters)]
+                if plan.deletes:
+                    probes.append(sa.select(tomb.c.version).where(
+                        tomb.c.table_name == plan.mapping.source, tomb.c.version > low))
+                out[plan.label] = sum(
+                    int(conn.execute(sa.select(sa.func.count()).select_from(
+                        p.limit(cap).subquery())).scalar() or 0)
+                    for p in probes
+                )
+        return out
+
     # --- reading -------------------------------------------------------------------------
     def _cut(self, conn: Connection, plans: Sequence[TablePlan], marks: dict[str, int],
              high: int) -> int | None:

@@ -1,0 +1,255 @@
+"""The `replicator` command. Every user mistake ends in `FAILED: <message>` and a non-zero exit;
+`--debug` adds the traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from replicator import __version__
+from replicator.config import Settings, load_settings
+from replicator.errors import ReplicatorError
+from replicator.log import mask, setup_logging
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Ctx:
+    def __init__(self, config: Path, debug: bool, log_level: str | None) -> None:
+        self.config_path = config
+        self.debug = debug
+        self.log_level = log_level
+        self._settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            if not self.config_path.exists():
+                raise ReplicatorError(
+                    f"{self.config_path}: config file not found; pass --config PATH or set "
+                    "REPLICATOR_CONFIG (try `replicator demo` to see a working one)")
+            self._settings = load_settings(self.config_path)
+            log = self._settings.config.log
+            file = log.file
+            if file is not None and not file.is_absolute():
+                file = self.config_path.parent / file
+            setup_logging(self.log_level or log.level, file, log.rotation, log.retention)
+        return self._settings
+
+
+def failing_loud(fn: F) -> F:
+    """Turn errors into `FAILED: ...` and exit codes; tracebacks only with --debug."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Ctx)
+        debug = bool(ctx and ctx.debug)
+        try:
+            return fn(*args, **kwargs)
+        except ReplicatorError as exc:
+            if debug:
+                err.print_exception()
+            err.print(f"FAILED: {mask(str(exc))}", markup=False)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(130)
+        except Exception as exc:  # a bug, not a user mistake: say so plainly
+            if debug:
+                err.print_exception()
+            err.print(f"FAILED: unexpected {type(exc).__name__}: {mask(str(exc))} "
+                      "(run with --debug for the traceback and report it)", markup=False)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-c", "--config", type=click.Path(path_type=Path),
+              default=lambda: os.environ.get("REPLICATOR_CONFIG", "replicator.toml"),
+              show_default="replicator.toml or $REPLICATOR_CONFIG",
+              help="node config file")
+@click.option("--debug", is_flag=True, help="show tracebacks")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+              help="override the config's log level")
+@click.version_option(__version__, prog_name="replicator")
+@click.pass_context
+def cli(ctx: click.Context, config: Path, debug: bool, log_level: str | None) -> None:
+    """Direct database replication between point-of-sale registers and their server.
+
+    Catalog (cadastros) flows server -> registers; sales (movimento) flow registers -> server.
+    Start with `replicator demo`; see README.md and docs/ for setting up a store.
+    """
+    ctx.obj = Ctx(config, debug, log_level)
+    setup_logging(log_level or "INFO")
+
+
+def _databases(ctx: Ctx) -> Any:
+    from replicator.sync import Databases
+
+    return Databases(ctx.settings())
+
+
+@cli.command()
+@click.option("--print", "print_only", is_flag=True,
+              help="print the SQL for review instead of running it")
+@click.option("--database", "names", multiple=True, help="only this database (repeatable)")
+@click.pass_obj
+@failing_loud
+def setup(ctx: Ctx, print_only: bool, names: tuple[str, ...]) -> None:
+    """Install change tracking and control tables (or --print them)."""
+    from replicator.tracking import install, printable, setup_script
+
+    settings = ctx.settings()
+    for name in names:
+        if name not in settings.config.databases:
+            raise ReplicatorError(f"no database {name!r} in {ctx.config_path}; databases: "
+                                  + ", ".join(settings.config.databases))
+    dbs = _databases(ctx)
+    try:
+        targets = list(names) or list(settings.config.databases)
+        if print_only:
+            for name in targets:
+                click.echo(f"-- database {name}: {dbs[name].display_url}\n")
+                click.echo(printable(setup_script(settings, dbs, name, live=False)))
+            return
+        install(settings, dbs, targets)
+        out.print(f"change tracking installed on {', '.join(targets)}")
+    finally:
+        dbs.close()
+
+
+@cli.command()
+@click.pass_obj
+@failing_loud
+def check(ctx: Ctx) -> None:
+    """Validate config and mappings against the live databases."""
+    from replicator.check import run_check
+
+    dbs = _databases(ctx)
+    try:
+        report = run_check(ctx.settings(), dbs)
+    finally:
+        dbs.close()
+    report.warnings = list(dict.fromkeys(report.warnings))
+    report.errors = list(dict.fromkeys(report.errors))
+    for line in report.checked:
+        out.print(f"ok       {line}", markup=False)
+    for line in report.warnings:
+        out.print(f"warning  {line}", markup=False)
+    for line in report.errors:
+        err.print(f"error    {line}", markup=False)
+    if not report.ok:
+        from replicator.errors import CheckError
+
+        raise CheckError(f"{len(report.errors)} problem(s) in {ctx.config_path} and its "
+                         "mappings; fix them and run `replicator check` again")
+    out.print(f"{ctx.config_path}: configuration is valid")
+
+
+@cli.command()
+@click.argument("groups", nargs=-1)
+@click.option("--max-batches", type=int, default=None, help="stop after this many batches")
+@click.pass_obj
+@failing_loud
+def sync(ctx: Ctx, groups: tuple[str, ...], max_batches: int | None) -> None:
+    """Run one cycle now for GROUPS (all configured jobs when none).
+
+    `sync cadastros` is the old "Atualização Completa", `sync produtos` "Atualiza
+    Produtos", `sync movimento` "Exporta Movimento".
+    """
+    from replicator.sync import run_jobs
+
+    settings = ctx.settings()
+    results = run_jobs(settings, settings.jobs(list(groups) or None), max_batches=max_batches)
+    table = Table(title="sync")
+    for col in ("job", "table", "rows", "deletes", "quarantined", "conflicts"):
+        table.add_column(col, justify="right" if col not in ("job", "table") else "left")
+    failed = None
+    for res in results:
+        if res.error or res.skipped:
+            table.add_row(res.job.name, "-", "-", "-", "-", "-",
+                          end_section=True)
+            msg = f"{res.job.name}: {'skipped: ' + res.skipped if res.skipped else res.error}"
+            err.print(msg, markup=False)
+            failed = failed or res.error
+            continue
+        for name, t in res.tables.items():
+            table.add_row(res.job.name, name, str(t.upserts), str(t.deletes),
+                          str(t.quarantined), str(t.conflicts))
+    out.print(table)
+    if failed:
+        raise failed
+
+
+@cli.command()
+@click.argument("groups", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+@failing_loud
+def status(ctx: Ctx, groups: tuple[str, ...], as_json: bool) -> None:
+    """Per job and table: progress, pending changes, quarantined rows."""
+    from replicator.status import collect
+
+    dbs = _databases(ctx)
+    try:
+        rows = collect(ctx.settings(), dbs, list(groups) or None)
+    finally:
+        dbs.close()
+    if as_json:
+        out.print_json(json.dumps([r.as_json() for r in rows]))
+        return
+    print_status(rows)
+
+
+def print_status(rows: list[Any]) -> None:
+    from replicator.status import status_table
+
+    out.print(status_table(rows))
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="write to this file")
+@failing_loud
+def schema(output: Path | None) -> None:
+    """Print the JSON Schema of mapping files (for editors)."""
+    from replicator.mapping import MappingFile
+
+    text = json.dumps(MappingFile.model_json_schema(by_alias=True), indent=2,
+                      ensure_ascii=False) + "\n"
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
+              help="where to build the demo store (default: a new temporary folder)")
+@click.option("--registers", type=click.IntRange(1, 20), default=2, show_default=True)
+@click.pass_obj
+@failing_loud
+def demo(ctx: Ctx, directory: Path | None, registers: int) -> None:
+    """Build an embedded store on SQLite (a server, registers), run a full cycle, show it."""
+    from replicator.demo.run import run_demo
+
+    setup_logging(ctx.log_level or "WARNING")
+    run_demo(directory, registers, out)
+
+
+def main() -> None:
+    cli(prog_name="replicator")
+
+
+if __name__ == "__main__":
+    main()
