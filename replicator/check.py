@@ -50,7 +50,8 @@ def run_check(settings: Settings, databases: Databases) -> Report:
         with target.engine.connect() as conn:
             if not target.has_table(conn, target.ct.state.fullname):
                 report.errors.append(
-                    f"database {job.target!r}: control tables missing; run `replicator setup`")
+                    f"database {job.target!r}: control tables missing; run `replicator setup`"
+                )
             for plan in plans:
                 _check_table(report, runner.where, plan, conn)
         report.checked.append(f"job {job.name}: {len(plans)} tables")
@@ -62,15 +63,20 @@ def _check_table(report: Report, where: str, plan: TablePlan, conn: sa.Connectio
     insp = sa.inspect(conn)
     target = plan.target
     unique_sets = [list(target.primary_key.columns.keys())]
-    unique_sets += [u["column_names"] for u in insp.get_unique_constraints(
-        target.name, schema=target.schema)]
-    unique_sets += [i["column_names"] for i in insp.get_indexes(
-        target.name, schema=target.schema) if i.get("unique")]
+    unique_sets += [
+        u["column_names"] for u in insp.get_unique_constraints(target.name, schema=target.schema)
+    ]
+    unique_sets += [
+        [c for c in i["column_names"] if c]
+        for i in insp.get_indexes(target.name, schema=target.schema)
+        if i.get("unique")
+    ]
     if not any(sorted(u) == sorted(plan.target_key) for u in unique_sets if u):
         report.errors.append(
             f"{prefix}: target key {plan.target_key} is not the primary key or a unique "
             f"constraint of {target.name!r}; add one, or set target_key to its primary key "
-            f"{list(target.primary_key.columns.keys())}")
+            f"{list(target.primary_key.columns.keys())}"
+        )
     for tcol, expr in zip(plan.columns, plan.select, strict=True):
         source_type = expr.type
         target_type = target.c[tcol].type
@@ -80,27 +86,43 @@ def _check_table(report: Report, where: str, plan: TablePlan, conn: sa.Connectio
         if a and b and a != b and not mapped and not (a == "number" and b == "text"):
             report.errors.append(
                 f"{prefix}: column {tcol!r}: source type {source_type} does not fit target "
-                f"type {target_type}; map it through a value map or change a column type")
+                f"type {target_type}; map it through a value map or change a column type"
+            )
         elif a == b == "text" and not mapped and _length(source_type) > _length(target_type):
             report.warnings.append(
                 f"{prefix}: column {tcol!r}: source {source_type} may not fit target "
-                f"{target_type}; long values will be quarantined")
+                f"{target_type}; long values will be quarantined"
+            )
         if not target.c[tcol].nullable and isinstance(expr, sa.Null):
-            report.errors.append(f"{prefix}: column {tcol!r} is NOT NULL on the target but "
-                                 "mapped to null")
-    skipped = [c.name for c in plan.source.c
-               if c.name not in plan.columns and c.name not in plan.mapping.exclude
-               and c.name not in {plan.mapping.change_column, "repl_origin"}
-               and c.name not in _sources(plan)]
+            report.errors.append(
+                f"{prefix}: column {tcol!r} is NOT NULL on the target but mapped to null"
+            )
+    skipped = [
+        c.name
+        for c in plan.source.c
+        if c.name not in plan.columns
+        and c.name not in plan.mapping.exclude
+        and c.name not in {plan.mapping.change_column, "repl_origin"}
+        and c.name not in _sources(plan)
+    ]
     if skipped and plan.mapping.copy_other_columns:
         report.warnings.append(
             f"{prefix}: source columns {skipped} have no target column and are not "
-            "copied; add them to exclude to silence this")
-    missing = [c.name for c in target.c if not c.nullable and c.server_default is None
-               and c.name not in plan.columns and not c.autoincrement is True]
+            "copied; add them to exclude to silence this"
+        )
+    missing = [
+        c.name
+        for c in target.c
+        if not c.nullable
+        and c.server_default is None
+        and c.name not in plan.columns
+        and c.autoincrement is not True
+    ]
     if missing:
-        report.errors.append(f"{prefix}: target columns {missing} are NOT NULL without "
-                             "default and receive no value; map them in columns")
+        report.errors.append(
+            f"{prefix}: target columns {missing} are NOT NULL without "
+            "default and receive no value; map them in columns"
+        )
 
 
 def _sources(plan: TablePlan) -> set[str]:

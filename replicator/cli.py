@@ -37,7 +37,8 @@ class Ctx:
             if not self.config_path.exists():
                 raise ReplicatorError(
                     f"{self.config_path}: config file not found; pass --config PATH or set "
-                    "REPLICATOR_CONFIG (try `replicator demo` to see a working one)")
+                    "REPLICATOR_CONFIG (try `replicator demo` to see a working one)"
+                )
             self._settings = load_settings(self.config_path)
             log = self._settings.config.log
             file = log.file
@@ -67,21 +68,31 @@ def failing_loud(fn: F) -> F:
         except Exception as exc:  # a bug, not a user mistake: say so plainly
             if debug:
                 err.print_exception()
-            err.print(f"FAILED: unexpected {type(exc).__name__}: {mask(str(exc))} "
-                      "(run with --debug for the traceback and report it)", markup=False)
+            err.print(
+                f"FAILED: unexpected {type(exc).__name__}: {mask(str(exc))} "
+                "(run with --debug for the traceback and report it)",
+                markup=False,
+            )
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-c", "--config", type=click.Path(path_type=Path),
-              default=lambda: os.environ.get("REPLICATOR_CONFIG", "replicator.toml"),
-              show_default="replicator.toml or $REPLICATOR_CONFIG",
-              help="node config file")
+@click.option(
+    "-c",
+    "--config",
+    type=click.Path(path_type=Path),
+    default=lambda: os.environ.get("REPLICATOR_CONFIG", "replicator.toml"),
+    show_default="replicator.toml or $REPLICATOR_CONFIG",
+    help="node config file",
+)
 @click.option("--debug", is_flag=True, help="show tracebacks")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-              help="override the config's log level")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+    help="override the config's log level",
+)
 @click.version_option(__version__, prog_name="replicator")
 @click.pass_context
 def cli(ctx: click.Context, config: Path, debug: bool, log_level: str | None) -> None:
@@ -101,8 +112,9 @@ def _databases(ctx: Ctx) -> Any:
 
 
 @cli.command()
-@click.option("--print", "print_only", is_flag=True,
-              help="print the SQL for review instead of running it")
+@click.option(
+    "--print", "print_only", is_flag=True, help="print the SQL for review instead of running it"
+)
 @click.option("--database", "names", multiple=True, help="only this database (repeatable)")
 @click.pass_obj
 @failing_loud
@@ -113,8 +125,10 @@ def setup(ctx: Ctx, print_only: bool, names: tuple[str, ...]) -> None:
     settings = ctx.settings()
     for name in names:
         if name not in settings.config.databases:
-            raise ReplicatorError(f"no database {name!r} in {ctx.config_path}; databases: "
-                                  + ", ".join(settings.config.databases))
+            raise ReplicatorError(
+                f"no database {name!r} in {ctx.config_path}; databases: "
+                + ", ".join(settings.config.databases)
+            )
     dbs = _databases(ctx)
     try:
         targets = list(names) or list(settings.config.databases)
@@ -152,8 +166,10 @@ def check(ctx: Ctx) -> None:
     if not report.ok:
         from replicator.errors import CheckError
 
-        raise CheckError(f"{len(report.errors)} problem(s) in {ctx.config_path} and its "
-                         "mappings; fix them and run `replicator check` again")
+        raise CheckError(
+            f"{len(report.errors)} problem(s) in {ctx.config_path} and its "
+            "mappings; fix them and run `replicator check` again"
+        )
     out.print(f"{ctx.config_path}: configuration is valid")
 
 
@@ -178,15 +194,20 @@ def sync(ctx: Ctx, groups: tuple[str, ...], max_batches: int | None) -> None:
     failed = None
     for res in results:
         if res.error or res.skipped:
-            table.add_row(res.job.name, "-", "-", "-", "-", "-",
-                          end_section=True)
+            table.add_row(res.job.name, "-", "-", "-", "-", "-", end_section=True)
             msg = f"{res.job.name}: {'skipped: ' + res.skipped if res.skipped else res.error}"
             err.print(msg, markup=False)
             failed = failed or res.error
             continue
         for name, t in res.tables.items():
-            table.add_row(res.job.name, name, str(t.upserts), str(t.deletes),
-                          str(t.quarantined), str(t.conflicts))
+            table.add_row(
+                res.job.name,
+                name,
+                str(t.upserts),
+                str(t.deletes),
+                str(t.quarantined),
+                str(t.conflicts),
+            )
     out.print(table)
     if failed:
         raise failed
@@ -225,8 +246,10 @@ def schema(output: Path | None) -> None:
     """Print the JSON Schema of mapping files (for editors)."""
     from replicator.mapping import MappingFile
 
-    text = json.dumps(MappingFile.model_json_schema(by_alias=True), indent=2,
-                      ensure_ascii=False) + "\n"
+    text = (
+        json.dumps(MappingFile.model_json_schema(by_alias=True), indent=2, ensure_ascii=False)
+        + "\n"
+    )
     if output:
         output.write_text(text, encoding="utf-8")
     else:
@@ -234,8 +257,13 @@ def schema(output: Path | None) -> None:
 
 
 @cli.command()
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=None,
-              help="where to build the demo store (default: a new temporary folder)")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="where to build the demo store (default: a new temporary folder)",
+)
 @click.option("--registers", type=click.IntRange(1, 20), default=2, show_default=True)
 @click.pass_obj
 @failing_loud

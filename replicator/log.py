@@ -15,9 +15,7 @@ _SECRET = re.compile(r"(?P<pre>://[^:/@\s]+:)[^@\s]+(?P<post>@)|(?P<kw>password=
 
 def mask(text: str) -> str:
     """Hide passwords in URLs (user:secret@host) and key=value strings."""
-    return _SECRET.sub(
-        lambda m: f"{m['pre']}***{m['post']}" if m["pre"] else f"{m['kw']}***", text
-    )
+    return _SECRET.sub(lambda m: f"{m['pre']}***{m['post']}" if m["pre"] else f"{m['kw']}***", text)
 
 
 def _patch(record: Any) -> None:
@@ -41,13 +39,24 @@ class _InterceptHandler(logging.Handler):
 FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[ctx]}{message}"
 
 
-def setup_logging(level: str = "INFO", file: Path | None = None, rotation: str = "10 MB",
-                  retention: str = "30 days") -> None:
+def setup_logging(
+    level: str = "INFO",
+    file: Path | None = None,
+    rotation: str = "10 MB",
+    retention: str = "30 days",
+) -> None:
     logger.remove()
     logger.configure(patcher=_patch)
     logger.add(sys.stderr, level=level, format=FORMAT, colorize=None)
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
-        logger.add(file, level=level, format=FORMAT, rotation=rotation, retention=retention,
-                   encoding="utf-8", enqueue=False)
+        logger.add(
+            file,
+            level=level,
+            format=FORMAT,
+            rotation=rotation,
+            retention=retention,
+            encoding="utf-8",
+            enqueue=False,
+        )
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)

@@ -27,17 +27,24 @@ def control_tables(schema: str | None, prefix: str) -> ControlTables:
     """The control tables, in `schema` (PostgreSQL) or with a name prefix (SQLite)."""
     md = sa.MetaData(schema=schema)
     state = sa.Table(
-        f"{prefix}state", md,
+        f"{prefix}state",
+        md,
         sa.Column("job", sa.String(200), primary_key=True),
         sa.Column("table_name", sa.String(200), primary_key=True),
-        sa.Column("version", sa.BigInteger, nullable=False, server_default="0",
-                  comment="every source change with a version <= this one is applied"),
+        sa.Column(
+            "version",
+            sa.BigInteger,
+            nullable=False,
+            server_default="0",
+            comment="every source change with a version <= this one is applied",
+        ),
         sa.Column("rows_applied", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("deletes_applied", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("last_batch_at", sa.DateTime(timezone=True)),
     )
     quarantine = sa.Table(
-        f"{prefix}quarantine", md,
+        f"{prefix}quarantine",
+        md,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("job", sa.String(200), nullable=False),
         sa.Column("table_name", sa.String(200), nullable=False),
@@ -48,12 +55,18 @@ def control_tables(schema: str | None, prefix: str) -> ControlTables:
         sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
-        sa.Column("status", sa.String(20), nullable=False, server_default="open",
-                  comment="open, retried or dismissed"),
+        sa.Column(
+            "status",
+            sa.String(20),
+            nullable=False,
+            server_default="open",
+            comment="open, retried or dismissed",
+        ),
         sa.UniqueConstraint("job", "table_name", "row_key", name=f"{prefix}quarantine_row"),
     )
     tombstone = sa.Table(
-        f"{prefix}tombstone", md,
+        f"{prefix}tombstone",
+        md,
         sa.Column("table_name", sa.String(200), nullable=False),
         sa.Column("key", sa.Text, nullable=False),
         sa.Column("version", sa.BigInteger, nullable=False),
@@ -72,8 +85,13 @@ def read_watermarks(conn: Connection, ct: ControlTables, job: str) -> dict[str, 
 
 
 def save_progress(
-    conn: Connection, ct: ControlTables, job: str, table: str, version: int,
-    upserts: int, deletes: int,
+    conn: Connection,
+    ct: ControlTables,
+    job: str,
+    table: str,
+    version: int,
+    upserts: int,
+    deletes: int,
 ) -> None:
     """Advance one table's watermark; runs in the same transaction as the applied rows."""
     now = datetime.now(UTC)
@@ -90,15 +108,25 @@ def save_progress(
     if done.rowcount == 0:
         conn.execute(
             sa.insert(ct.state).values(
-                job=job, table_name=table, version=version, rows_applied=upserts,
-                deletes_applied=deletes, last_batch_at=now,
+                job=job,
+                table_name=table,
+                version=version,
+                rows_applied=upserts,
+                deletes_applied=deletes,
+                last_batch_at=now,
             )
         )
 
 
 def quarantine_row(
-    conn: Connection, ct: ControlTables, job: str, table: str, key: list[Any],
-    row: dict[str, Any] | None, version: int, reason: str,
+    conn: Connection,
+    ct: ControlTables,
+    job: str,
+    table: str,
+    key: list[Any],
+    row: dict[str, Any] | None,
+    version: int,
+    reason: str,
 ) -> None:
     now = datetime.now(UTC)
     key_text = json.dumps(key, default=str, ensure_ascii=False)
@@ -107,13 +135,25 @@ def quarantine_row(
     done = conn.execute(
         sa.update(ct.quarantine)
         .where(q.job == job, q.table_name == table, q.row_key == key_text)
-        .values(row_data=data, version=version, reason=reason, last_seen=now,
-                attempts=q.attempts + 1, status="open")
+        .values(
+            row_data=data,
+            version=version,
+            reason=reason,
+            last_seen=now,
+            attempts=q.attempts + 1,
+            status="open",
+        )
     )
     if done.rowcount == 0:
         conn.execute(
             sa.insert(ct.quarantine).values(
-                job=job, table_name=table, row_key=key_text, row_data=data, version=version,
-                reason=reason, first_seen=now, last_seen=now,
+                job=job,
+                table_name=table,
+                row_key=key_text,
+                row_data=data,
+                version=version,
+                reason=reason,
+                first_seen=now,
+                last_seen=now,
             )
         )

@@ -35,8 +35,11 @@ class TableStatus:
         return out
 
 
-def collect(settings: Settings, databases: Databases, groups: list[str] | None = None,
-            ) -> list[TableStatus]:
+def collect(
+    settings: Settings,
+    databases: Databases,
+    groups: list[str] | None = None,
+) -> list[TableStatus]:
     out: list[TableStatus] = []
     for job in settings.jobs(groups):
         runner = JobRunner(settings, databases, job)
@@ -45,12 +48,17 @@ def collect(settings: Settings, databases: Databases, groups: list[str] | None =
             target = databases[job.target]
             st, q = target.ct.state.c, target.ct.quarantine.c
             with target.engine.connect() as conn:
-                state = {r.table_name: r for r in conn.execute(
-                    sa.select(target.ct.state).where(st.job == job.name))}
-                quarantined = dict(conn.execute(
-                    sa.select(q.table_name, sa.func.count())
-                    .where(q.job == job.name, q.status == "open").group_by(q.table_name)
-                ).all())
+                state = {
+                    r.table_name: r
+                    for r in conn.execute(sa.select(target.ct.state).where(st.job == job.name))
+                }
+                quarantined: dict[str, int] = dict(
+                    conn.execute(
+                        sa.select(q.table_name, sa.func.count())
+                        .where(q.job == job.name, q.status == "open")
+                        .group_by(q.table_name)
+                    ).all()
+                )
             pending = runner.pending({k: int(v.version) for k, v in state.items()}, PENDING_CAP)
         except (sa_exc.SQLAlchemyError, Exception) as exc:  # status reports, never crashes
             reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
@@ -58,15 +66,18 @@ def collect(settings: Settings, databases: Databases, groups: list[str] | None =
             continue
         for label in labels:
             row = state.get(label)
-            out.append(TableStatus(
-                job=job.name, table=label,
-                watermark=int(row.version) if row else 0,
-                rows_applied=int(row.rows_applied) if row else 0,
-                deletes_applied=int(row.deletes_applied) if row else 0,
-                last_batch_at=row.last_batch_at if row else None,
-                pending=pending.get(label),
-                quarantined=int(quarantined.get(label, 0)),
-            ))
+            out.append(
+                TableStatus(
+                    job=job.name,
+                    table=label,
+                    watermark=int(row.version) if row else 0,
+                    rows_applied=int(row.rows_applied) if row else 0,
+                    deletes_applied=int(row.deletes_applied) if row else 0,
+                    last_batch_at=row.last_batch_at if row else None,
+                    pending=pending.get(label),
+                    quarantined=int(quarantined.get(label, 0)),
+                )
+            )
     return out
 
 
@@ -74,8 +85,11 @@ def status_table(rows: list[TableStatus]) -> Table:
     errors = any(r.error for r in rows)
     table = Table(title="status", box=box.SIMPLE_HEAD)
     for col in ("job", "table", "last", "rows", "pending", "quarantined"):
-        table.add_column(col, no_wrap=col in ("job", "table", "last"),
-                         justify="left" if col in ("job", "table") else "right")
+        table.add_column(
+            col,
+            no_wrap=col in ("job", "table", "last"),
+            justify="left" if col in ("job", "table") else "right",
+        )
     if errors:
         table.add_column("error")
     today = datetime.now(UTC).date()
@@ -84,8 +98,13 @@ def status_table(rows: list[TableStatus]) -> Table:
         if r.last_batch_at:
             stamp = r.last_batch_at.replace(tzinfo=r.last_batch_at.tzinfo or UTC)
             when = stamp.strftime("%H:%M:%S" if stamp.date() == today else "%Y-%m-%d")
-        cells = [r.job, r.table, when, f"{r.rows_applied}+{r.deletes_applied}d"
-                 if r.deletes_applied else str(r.rows_applied),
-                 "?" if r.pending is None else str(r.pending), str(r.quarantined)]
+        cells = [
+            r.job,
+            r.table,
+            when,
+            f"{r.rows_applied}+{r.deletes_applied}d" if r.deletes_applied else str(r.rows_applied),
+            "?" if r.pending is None else str(r.pending),
+            str(r.quarantined),
+        ]
         table.add_row(*cells, *([r.error or ""] if errors else []))
     return table

@@ -98,9 +98,11 @@ class JobRunner:
             with self.source.engine.connect() as sconn, self.target.engine.connect() as tconn:
                 self._plans = [
                     build_plan(
-                        m, self._reflect(self.source, sconn, m.source, "source"),
+                        m,
+                        self._reflect(self.source, sconn, m.source, "source"),
                         self._reflect(self.target, tconn, m.target_table, "target"),
-                        self.job.vars, self.where,
+                        self.job.vars,
+                        self.where,
                     )
                     for m in self.group.tables
                 ]
@@ -135,8 +137,9 @@ class JobRunner:
             self.log.error("failed: {}", exc)
         result.seconds = time.perf_counter() - started
         if result.rows or result.error:
-            self.log.info("{} rows in {} batches, {:.3f}s", result.rows, result.batches,
-                          result.seconds)
+            self.log.info(
+                "{} rows in {} batches, {:.3f}s", result.rows, result.batches, result.seconds
+            )
         return result
 
     def batch(self, result: JobResult) -> bool | None:
@@ -155,8 +158,7 @@ class JobRunner:
         try:
             with self.target.write(self.job.name) as tconn:
                 if read_watermarks(tconn, self.target.ct, self.job.name) != marks:
-                    raise BusyError("another service advanced this job meanwhile; "
-                                    "will read again")
+                    raise BusyError("another service advanced this job meanwhile; will read again")
                 self._apply(tconn, changes, cut, result)
         except sa_exc.SQLAlchemyError as exc:
             raise self.target.classify(exc) from exc
@@ -187,22 +189,34 @@ class JobRunner:
             for plan in self.plans():
                 low = marks.get(plan.label, 0)
                 origin = plan.source.c[ORIGIN_COLUMN]
-                probes = [sa.select(plan.version).where(
-                    plan.version > low, sa.or_(origin.is_(None), origin != self.target_node),
-                    *plan.filters)]
+                probes = [
+                    sa.select(plan.version).where(
+                        plan.version > low,
+                        sa.or_(origin.is_(None), origin != self.target_node),
+                        *plan.filters,
+                    )
+                ]
                 if plan.deletes:
-                    probes.append(sa.select(tomb.c.version).where(
-                        tomb.c.table_name == plan.mapping.source, tomb.c.version > low))
+                    probes.append(
+                        sa.select(tomb.c.version).where(
+                            tomb.c.table_name == plan.mapping.source, tomb.c.version > low
+                        )
+                    )
                 out[plan.label] = sum(
-                    int(conn.execute(sa.select(sa.func.count()).select_from(
-                        p.limit(cap).subquery())).scalar() or 0)
+                    int(
+                        conn.execute(
+                            sa.select(sa.func.count()).select_from(p.limit(cap).subquery())
+                        ).scalar()
+                        or 0
+                    )
                     for p in probes
                 )
         return out
 
     # --- reading -------------------------------------------------------------------------
-    def _cut(self, conn: Connection, plans: Sequence[TablePlan], marks: dict[str, int],
-             high: int) -> int | None:
+    def _cut(
+        self, conn: Connection, plans: Sequence[TablePlan], marks: dict[str, int], high: int
+    ) -> int | None:
         """The highest version such that no table has much more than batch_rows below it."""
         cut = high
         pending = False
@@ -214,20 +228,23 @@ class JobRunner:
             probes = [
                 sa.select(plan.version.label("v"))
                 .where(plan.version > low, plan.version <= high)
-                .order_by(plan.version).limit(self.batch_rows),
+                .order_by(plan.version)
+                .limit(self.batch_rows),
             ]
             if plan.deletes:
                 probes.append(
                     sa.select(tomb.c.version.label("v"))
-                    .where(tomb.c.table_name == plan.mapping.source, tomb.c.version > low,
-                           tomb.c.version <= high)
-                    .order_by(tomb.c.version).limit(self.batch_rows)
+                    .where(
+                        tomb.c.table_name == plan.mapping.source,
+                        tomb.c.version > low,
+                        tomb.c.version <= high,
+                    )
+                    .order_by(tomb.c.version)
+                    .limit(self.batch_rows)
                 )
             for probe in probes:
                 sub = probe.subquery()
-                count, last = conn.execute(
-                    sa.select(sa.func.count(), sa.func.max(sub.c.v))
-                ).one()
+                count, last = conn.execute(sa.select(sa.func.count(), sa.func.max(sub.c.v))).one()
                 if count:
                     pending = True
                 if count >= self.batch_rows:
@@ -256,9 +273,12 @@ class JobRunner:
         tomb = self.source.ct.tombstone
         stmt = (
             sa.select(tomb.c.key)
-            .where(tomb.c.table_name == plan.mapping.source, tomb.c.version > low,
-                   tomb.c.version <= cut,
-                   sa.or_(tomb.c.origin.is_(None), tomb.c.origin != self.target_node))
+            .where(
+                tomb.c.table_name == plan.mapping.source,
+                tomb.c.version > low,
+                tomb.c.version <= cut,
+                sa.or_(tomb.c.origin.is_(None), tomb.c.origin != self.target_node),
+            )
             .order_by(tomb.c.version)
         )
         keys = list(dict.fromkeys(decode_key(k) for (k,) in conn.execute(stmt)))
@@ -278,21 +298,28 @@ class JobRunner:
         return [plan.target_key_from_tombstone(k) for k in keys if k not in alive]
 
     # --- applying ------------------------------------------------------------------------
-    def _apply(self, conn: Connection, changes: list[Changes], cut: int,
-               result: JobResult) -> None:
+    def _apply(self, conn: Connection, changes: list[Changes], cut: int, result: JobResult) -> None:
         self.target.mark_origin(conn, self.source_node)
         for ch in reversed(changes):  # children first, so foreign keys hold
             if ch.deleted:
-                n = self.target.delete(conn, ch.plan.target, ch.plan.target_key, ch.deleted,
-                                       ch.plan.soft_delete)
+                n = self.target.delete(
+                    conn, ch.plan.target, ch.plan.target_key, ch.deleted, ch.plan.soft_delete
+                )
                 result.tables[ch.plan.label].deletes += n
         for ch in changes:  # parents first
             if ch.rows:
                 self._upsert(conn, ch, result.tables[ch.plan.label])
         for ch in changes:
             if cut > ch.low:
-                save_progress(conn, self.target.ct, self.job.name, ch.plan.label, cut,
-                              len(ch.rows), len(ch.deleted))
+                save_progress(
+                    conn,
+                    self.target.ct,
+                    self.job.name,
+                    ch.plan.label,
+                    cut,
+                    len(ch.rows),
+                    len(ch.deleted),
+                )
         self.target.mark_origin(conn, None)
 
     def _upsert(self, conn: Connection, ch: Changes, out: TableResult) -> None:
@@ -300,36 +327,59 @@ class JobRunner:
         bad = self._apply_rows(conn, plan, ch.rows, out)
         for row, reason in bad:
             key = list(plan.key_of(row))
-            quarantine_row(conn, self.target.ct, self.job.name, plan.label, key,
-                           dict(zip(plan.columns, row, strict=True)), 0, reason)
+            quarantine_row(
+                conn,
+                self.target.ct,
+                self.job.name,
+                plan.label,
+                key,
+                dict(zip(plan.columns, row, strict=True)),
+                0,
+                reason,
+            )
             self.log.bind(table=plan.label).warning("quarantined {}: {}", key, reason)
         out.quarantined += len(bad)
         out.upserts += len(ch.rows) - len(bad)
 
-    def _apply_rows(self, conn: Connection, plan: TablePlan, rows: list[Row],
-                    out: TableResult) -> list[tuple[Row, str]]:
+    def _apply_rows(
+        self, conn: Connection, plan: TablePlan, rows: list[Row], out: TableResult
+    ) -> list[tuple[Row, str]]:
         """Apply rows; on a row error bisect to find the bad rows, keep the good ones."""
         try:
             with conn.begin_nested():
-                kept = self.target.upsert(conn, plan.target, plan.columns, plan.target_key,
-                                          rows, plan.conflict)
+                kept = self.target.upsert(
+                    conn, plan.target, plan.columns, plan.target_key, rows, plan.conflict
+                )
         except sa_exc.SQLAlchemyError as exc:
             if not self.target.is_row_error(exc):
                 raise
             if len(rows) == 1:
                 return [(rows[0], self.target.classify(exc).args[0])]
             mid = len(rows) // 2
-            return (self._apply_rows(conn, plan, rows[:mid], out)
-                    + self._apply_rows(conn, plan, rows[mid:], out))
+            return self._apply_rows(conn, plan, rows[:mid], out) + self._apply_rows(
+                conn, plan, rows[mid:], out
+            )
         for key in kept:
-            quarantine_row(conn, self.target.ct, self.job.name, plan.label, list(key), None, 0,
-                           "conflict: the target row differs and the rule is keep_target")
+            quarantine_row(
+                conn,
+                self.target.ct,
+                self.job.name,
+                plan.label,
+                list(key),
+                None,
+                0,
+                "conflict: the target row differs and the rule is keep_target",
+            )
             out.conflicts += 1
         return []
 
 
-def run_jobs(settings: Settings, jobs: Sequence[Job], databases: Databases | None = None,
-             max_batches: int | None = None) -> list[JobResult]:
+def run_jobs(
+    settings: Settings,
+    jobs: Sequence[Job],
+    databases: Databases | None = None,
+    max_batches: int | None = None,
+) -> list[JobResult]:
     own = databases is None
     dbs = databases or Databases(settings)
     try:
@@ -349,4 +399,3 @@ def run_jobs(settings: Settings, jobs: Sequence[Job], databases: Databases | Non
     finally:
         if own:
             dbs.close()
-

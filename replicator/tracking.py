@@ -30,8 +30,7 @@ def tracked_tables(settings: Settings) -> dict[str, DatabasePlan]:
     return plans
 
 
-def setup_script(settings: Settings, databases: Databases, name: str,
-                 live: bool) -> list[str]:
+def setup_script(settings: Settings, databases: Databases, name: str, live: bool) -> list[str]:
     backend = databases[name]
     plan = tracked_tables(settings)[name]
     statements = [*backend.database_ddl(), *backend.prepare_ddl(), *backend.control_ddl()]
@@ -69,8 +68,7 @@ def install(settings: Settings, databases: Databases, names: list[str] | None = 
                     for stmt in backend.tracking_ddl(conn, table):
                         conn.exec_driver_sql(stmt)
             backend.forget_tables()
-            log.info("tracking installed on {} tables of {}", len(plan.tables),
-                     backend.display_url)
+            log.info("tracking installed on {} tables of {}", len(plan.tables), backend.display_url)
         except sa_exc.SQLAlchemyError as exc:
             raise backend.classify(exc) from exc
 
@@ -81,4 +79,3 @@ def printable(statements: list[str]) -> str:
         text = stmt.strip()
         out.append(text if text.endswith(";") else text + ";")
     return "\n\n".join(out) + "\n"
-

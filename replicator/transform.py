@@ -22,12 +22,12 @@ class TablePlan:
     mapping: TableMapping
     source: sa.Table
     target: sa.Table
-    columns: list[str]                # target columns, in row order
+    columns: list[str]  # target columns, in row order
     select: list[sa.ColumnElement[Any]]  # one source expression per target column
     filters: list[sa.ColumnElement[bool]]
     target_key: list[str]
     key_from_source: list[int | None]  # per target key column: index in the source key
-    key_constants: list[Any]           # per target key column: value when not from the key
+    key_constants: list[Any]  # per target key column: value when not from the key
     conflict: Conflict
     soft_delete: str | None
     deletes: bool
@@ -55,7 +55,10 @@ class TablePlan:
 
 
 def build_plan(
-    mapping: TableMapping, source: sa.Table, target: sa.Table, variables: dict[str, Any],
+    mapping: TableMapping,
+    source: sa.Table,
+    target: sa.Table,
+    variables: dict[str, Any],
     where: str,
 ) -> TablePlan:
     """Resolve a mapping against reflected tables; errors name the group file and fix."""
@@ -91,8 +94,7 @@ def build_plan(
     key_constants: list[Any] = []
     for tcol, spec in mapping.columns.items():
         if tcol not in target.c:
-            problems.append(f"columns.{tcol}: no column {tcol!r} in target table "
-                            f"{target.name!r}")
+            problems.append(f"columns.{tcol}: no column {tcol!r} in target table {target.name!r}")
             continue
         expr = _expression(spec, src_col, value, target.c[tcol])
         if expr is None:
@@ -104,13 +106,18 @@ def build_plan(
         elif isinstance(spec, str) and not VAR_RE.match(spec):
             used_sources.add(spec)
     if mapping.copy_other_columns:
-        for col in source.c:
-            name = col.name
-            if (name in tracking or name in mapping.exclude or name in used_sources
-                    or name in columns or name not in target.c):
+        for column in source.c:
+            name = column.name
+            if (
+                name in tracking
+                or name in mapping.exclude
+                or name in used_sources
+                or name in columns
+                or name not in target.c
+            ):
                 continue
             columns.append(name)
-            select.append(col.label(name))
+            select.append(column.label(name))
     for name in mapping.exclude:
         src_col(name, "exclude:")
     target_key = mapping.resolved_target_key()
@@ -128,16 +135,16 @@ def build_plan(
             key_constants.append(value(spec.const if isinstance(spec, Const) else spec))
     for k in mapping.key:
         src_col(k, "key column")
-    filters = []
+    filters: list[sa.ColumnElement[bool]] = []
     for name, raw in mapping.where.items():
-        col = src_col(name, "where:")
-        if col is None:
+        where_col = src_col(name, "where:")
+        if where_col is None:
             continue
         if isinstance(raw, list):
-            filters.append(col.in_([value(v) for v in raw]))
+            filters.append(where_col.in_([value(v) for v in raw]))
         else:
             v = value(raw)
-            filters.append(col.is_(None) if v is None else col == v)
+            filters.append(where_col.is_(None) if v is None else where_col == v)
     conflict = Conflict("source_wins")
     if mapping.conflict == "keep_target":
         conflict = Conflict("keep_target")
@@ -152,9 +159,17 @@ def build_plan(
     if problems:
         raise ConfigError("\n".join(f"{where}: table {mapping.label!r}: {p}" for p in problems))
     return TablePlan(
-        mapping=mapping, source=source, target=target, columns=columns, select=select,
-        filters=filters, target_key=target_key, key_from_source=key_from_source,
-        key_constants=key_constants, conflict=conflict, soft_delete=soft,
+        mapping=mapping,
+        source=source,
+        target=target,
+        columns=columns,
+        select=select,
+        filters=filters,
+        target_key=target_key,
+        key_from_source=key_from_source,
+        key_constants=key_constants,
+        conflict=conflict,
+        soft_delete=soft,
         deletes=mapping.deletes != "ignore",
     )
 

@@ -18,14 +18,19 @@ TRACKING = {"repl_version", "repl_origin"}
 
 
 def write_node(
-    directory: Path, server: str, register: str, mappings: dict[str, str],
-    extra: str = "", register_vars: str = "{ register_id = 3 }",
+    directory: Path,
+    server: str,
+    register: str,
+    mappings: dict[str, str],
+    extra: str = "",
+    register_vars: str = "{ register_id = 3 }",
 ) -> Path:
     (directory / "mappings").mkdir(parents=True, exist_ok=True)
     for name, text in mappings.items():
         (directory / "mappings" / f"{name}.yaml").write_text(textwrap.dedent(text), "utf-8")
     config = directory / "replicator.toml"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         mappings = "mappings"
 
         [node]
@@ -40,7 +45,10 @@ def write_node(
         role = "register"
         url = "{register}"
         vars = {register_vars}
-        """) + textwrap.dedent(extra), "utf-8")
+        """)
+        + textwrap.dedent(extra),
+        "utf-8",
+    )
     return config
 
 
@@ -55,8 +63,12 @@ class Node:
         install(self.settings, self.dbs)
 
     def sync(self, *groups: str, max_batches: int | None = None) -> list[JobResult]:
-        results = run_jobs(self.settings, self.settings.jobs(list(groups) or None), self.dbs,
-                           max_batches=max_batches)
+        results = run_jobs(
+            self.settings,
+            self.settings.jobs(list(groups) or None),
+            self.dbs,
+            max_batches=max_batches,
+        )
         for r in results:
             if r.error:
                 raise r.error
@@ -83,15 +95,17 @@ def normalize(value: Any) -> Any:
     return value
 
 
-def rows(url: str, table: str, columns: list[str] | None = None,
-         where: str | None = None) -> list[tuple[Any, ...]]:
+def rows(
+    url: str, table: str, columns: list[str] | None = None, where: str | None = None
+) -> list[tuple[Any, ...]]:
     """All rows of a table as normalised tuples, sorted, without tracking columns."""
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             t = sa.Table(table, sa.MetaData(), autoload_with=conn)
-            cols = [t.c[c] for c in columns] if columns else [
-                c for c in t.c if c.name not in TRACKING]
+            cols = (
+                [t.c[c] for c in columns] if columns else [c for c in t.c if c.name not in TRACKING]
+            )
             stmt = sa.select(*cols)
             if where:
                 stmt = stmt.where(sa.text(where))

@@ -37,8 +37,7 @@ def pg_pair(pg_database: Callable[[], str], tmp_path: Path) -> tuple[Node, str, 
     source, target = pg_database(), pg_database()
     execute(source, ITEM_DDL)
     execute(target, ITEM_DDL)
-    node = Node(write_node(tmp_path, server=target, register=source,
-                           mappings={"itens": ITEMS}))
+    node = Node(write_node(tmp_path, server=target, register=source, mappings={"itens": ITEMS}))
     node.setup()
     yield node, source, target
     node.close()
@@ -49,7 +48,9 @@ def test_out_of_order_commit_is_not_lost(pg_pair: tuple[Node, str, str]) -> None
     """A takes a version and stays open; B takes a higher one and commits; sync; A commits."""
     node, source, target = pg_pair
     a = psycopg.connect(psql_url(source))
-    a.execute("INSERT INTO item (id, name, qty) VALUES (1, 'slow A', 1)")  # A's xid is taken, not committed
+    a.execute(
+        "INSERT INTO item (id, name, qty) VALUES (1, 'slow A', 1)"
+    )  # A's xid is taken, not committed
     with psycopg.connect(psql_url(source)) as b:
         b.execute("INSERT INTO item (id, name, qty) VALUES (2, 'fast B', 1)")
     b_xid = scalar(source, "SELECT repl_version FROM item WHERE id = 2")
@@ -81,18 +82,26 @@ def test_rolled_back_transaction_leaves_a_harmless_hole(pg_pair: tuple[Node, str
     assert rows(target, "item") == rows(source, "item")
 
 
-def test_ties_across_pages_and_batches_lose_nothing(pg_pair: tuple[Node, str, str],
-                                                    tmp_path: Path) -> None:
+def test_ties_across_pages_and_batches_lose_nothing(
+    pg_pair: tuple[Node, str, str], tmp_path: Path
+) -> None:
     """2,500 rows share one version (one transaction); pages and batches are 100 rows."""
     node, source, target = pg_pair
     node.close()
-    config = write_node(tmp_path, server=target, register=source, mappings={"itens": ITEMS},
-                        extra="[sync]\npage_rows = 100\nbatch_rows = 100\n")
+    config = write_node(
+        tmp_path,
+        server=target,
+        register=source,
+        mappings={"itens": ITEMS},
+        extra="[sync]\npage_rows = 100\nbatch_rows = 100\n",
+    )
     node = Node(config)
     execute(source, "INSERT INTO item SELECT g, 'tie ' || g, g FROM generate_series(1, 2500) g")
     for start in range(3000, 3500, 50):  # and 10 more transactions of 50 rows
-        execute(source, f"INSERT INTO item SELECT g, 'x', 1 FROM generate_series({start}, "
-                        f"{start + 49}) g")
+        execute(
+            source,
+            f"INSERT INTO item SELECT g, 'x', 1 FROM generate_series({start}, {start + 49}) g",
+        )
     assert scalar(source, "SELECT count(DISTINCT repl_version) FROM item") == 11
     results = node.sync()
     assert results[0].batches >= 6, "500 rows in 50-row transactions need several batches"
@@ -101,18 +110,30 @@ def test_ties_across_pages_and_batches_lose_nothing(pg_pair: tuple[Node, str, st
     node.close()
 
 
-def test_sqlite_bounded_batches_lose_nothing(sqlite_database: Callable[[], str],
-                                             tmp_path: Path) -> None:
+def test_sqlite_bounded_batches_lose_nothing(
+    sqlite_database: Callable[[], str], tmp_path: Path
+) -> None:
     source, target = sqlite_database(), sqlite_database()
     execute(source, ITEM_DDL)
     execute(target, ITEM_DDL)
-    config = write_node(tmp_path, server=target, register=source, mappings={"itens": ITEMS},
-                        extra="[sync]\npage_rows = 7\nbatch_rows = 10\n")
+    config = write_node(
+        tmp_path,
+        server=target,
+        register=source,
+        mappings={"itens": ITEMS},
+        extra="[sync]\npage_rows = 7\nbatch_rows = 10\n",
+    )
     node = Node(config)
     node.setup()
-    execute(source, *[f"INSERT INTO item (id, name, qty) VALUES ({i}, 'n{i}', {i})" for i in range(1, 96)])
-    execute(source, "UPDATE item SET qty = qty + 1 WHERE id % 3 = 0",
-            "DELETE FROM item WHERE id % 10 = 0")
+    execute(
+        source,
+        *[f"INSERT INTO item (id, name, qty) VALUES ({i}, 'n{i}', {i})" for i in range(1, 96)],
+    )
+    execute(
+        source,
+        "UPDATE item SET qty = qty + 1 WHERE id % 3 = 0",
+        "DELETE FROM item WHERE id % 10 = 0",
+    )
     results = node.sync()
     assert results[0].batches >= 8, "95 changes in batches of about 10"
     assert rows(target, "item") == rows(source, "item")
@@ -130,12 +151,14 @@ def test_same_batch_twice_changes_nothing(pg_pair: tuple[Node, str, str]) -> Non
     execute(target, "UPDATE replicator.state SET version = 0 WHERE job = :j", params={"j": job})
     node.sync()  # the same changes again
     assert rows(target, "item") == before
-    assert scalar(target, "SELECT string_agg(ctid::text, ',' ORDER BY id) FROM item") == ctid, \
+    assert scalar(target, "SELECT string_agg(ctid::text, ',' ORDER BY id) FROM item") == ctid, (
         "re-applying equal rows must not rewrite them"
+    )
     stamp = scalar(target, "SELECT max(last_batch_at) FROM replicator.state")
     assert moved(node.sync()) == 0
-    assert scalar(target, "SELECT max(last_batch_at) FROM replicator.state") == stamp, \
+    assert scalar(target, "SELECT max(last_batch_at) FROM replicator.state") == stamp, (
         "a sync with nothing new must write nothing"
+    )
 
 
 BOTH_WAYS = {
@@ -187,12 +210,15 @@ def test_failure_before_commit_keeps_rows_and_watermark(pg_pair: tuple[Node, str
     """A failure after the rows and watermark are written, at commit, leaves both unchanged."""
     node, source, target = pg_pair
     execute(source, "INSERT INTO item SELECT g, 'n', g FROM generate_series(1, 50) g")
-    execute(target, """
+    execute(
+        target,
+        """
         CREATE FUNCTION fail_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'injected failure at commit'; END $$""",
-            """CREATE CONSTRAINT TRIGGER fail_at_commit AFTER INSERT OR UPDATE
+        """CREATE CONSTRAINT TRIGGER fail_at_commit AFTER INSERT OR UPDATE
                ON replicator.state DEFERRABLE INITIALLY DEFERRED
-               FOR EACH ROW EXECUTE FUNCTION fail_at_commit()""")
+               FOR EACH ROW EXECUTE FUNCTION fail_at_commit()""",
+    )
     with pytest.raises(PermanentError, match="injected failure"):
         node.sync()
     assert rows(target, "item") == []
@@ -208,9 +234,14 @@ def test_sqlite_failure_before_commit(sqlite_database: Callable[[], str], tmp_pa
     execute(target, ITEM_DDL)
     node = Node(write_node(tmp_path, server=target, register=source, mappings={"itens": ITEMS}))
     node.setup()
-    execute(source, *[f"INSERT INTO item (id, name, qty) VALUES ({i}, 'n', {i})" for i in range(1, 21)])
-    execute(target, """CREATE TRIGGER fail AFTER INSERT ON replicator_state
-                       BEGIN SELECT RAISE(ABORT, 'injected failure'); END""")
+    execute(
+        source, *[f"INSERT INTO item (id, name, qty) VALUES ({i}, 'n', {i})" for i in range(1, 21)]
+    )
+    execute(
+        target,
+        """CREATE TRIGGER fail AFTER INSERT ON replicator_state
+                       BEGIN SELECT RAISE(ABORT, 'injected failure'); END""",
+    )
     with pytest.raises(PermanentError, match="injected failure"):
         node.sync()
     assert rows(target, "item") == []
@@ -220,16 +251,24 @@ def test_sqlite_failure_before_commit(sqlite_database: Callable[[], str], tmp_pa
     node.close()
 
 
-def test_kill_9_mid_sync_resumes_without_loss(pg_pair: tuple[Node, str, str],
-                                              tmp_path: Path) -> None:
+def test_kill_9_mid_sync_resumes_without_loss(
+    pg_pair: tuple[Node, str, str], tmp_path: Path
+) -> None:
     """A real `replicator sync` process killed with SIGKILL, then run again."""
     node, source, target = pg_pair
     node.close()
-    config = write_node(tmp_path, server=target, register=source, mappings={"itens": ITEMS},
-                        extra="[sync]\nbatch_rows = 2000\n")
+    config = write_node(
+        tmp_path,
+        server=target,
+        register=source,
+        mappings={"itens": ITEMS},
+        extra="[sync]\nbatch_rows = 2000\n",
+    )
     for start in range(1, 200_001, 1000):
-        execute(source, f"INSERT INTO item SELECT g, 'n', g FROM generate_series({start}, "
-                        f"{start + 999}) g")
+        execute(
+            source,
+            f"INSERT INTO item SELECT g, 'n', g FROM generate_series({start}, {start + 999}) g",
+        )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "replicator.cli", "-c", str(config), "sync"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -267,16 +306,23 @@ def test_job_lock_makes_services_take_turns(pg_pair: tuple[Node, str, str]) -> N
 
 
 # --- 5. Fail loud, lose nothing: bad rows are quarantined, the rest goes on ------------------
-def test_bad_row_is_quarantined_and_the_rest_applied(any_database: Callable[[], str],
-                                                     tmp_path: Path) -> None:
+def test_bad_row_is_quarantined_and_the_rest_applied(
+    any_database: Callable[[], str], tmp_path: Path
+) -> None:
     source, target = any_database(), any_database()
     execute(source, "CREATE TABLE item (id integer PRIMARY KEY, name varchar(200), qty integer)")
-    execute(target, "CREATE TABLE item (id integer PRIMARY KEY, name varchar(20), "
-                    "qty integer CHECK (qty >= 0))")
+    execute(
+        target,
+        "CREATE TABLE item (id integer PRIMARY KEY, name varchar(20), "
+        "qty integer CHECK (qty >= 0))",
+    )
     node = Node(write_node(tmp_path, server=target, register=source, mappings={"itens": ITEMS}))
     node.setup()
-    execute(source, *[f"INSERT INTO item (id, name, qty) VALUES ({i}, 'ok', {i})" for i in range(1, 101)],
-            "UPDATE item SET qty = -5 WHERE id = 37")
+    execute(
+        source,
+        *[f"INSERT INTO item (id, name, qty) VALUES ({i}, 'ok', {i})" for i in range(1, 101)],
+        "UPDATE item SET qty = -5 WHERE id = 37",
+    )
     results = node.sync()
     assert results[0].tables["item"].quarantined == 1
     assert len(rows(target, "item")) == 99

@@ -16,8 +16,16 @@ import sqlalchemy as sa
 from support import Node, moved, rows, write_node
 
 BRT = timezone(timedelta(hours=-3))
-TEXTS = ["Pão de queijo", "Açúcar ç ã é õ", "Café ☕ com leite 🥛", "", "emoji 🧾🛒💳",
-         "aspas ' e \" e \\ barra", "linha\nquebrada", "tab\tseparado"]
+TEXTS = [
+    "Pão de queijo",
+    "Açúcar ç ã é õ",
+    "Café ☕ com leite 🥛",
+    "",
+    "emoji 🧾🛒💳",
+    "aspas ' e \" e \\ barra",
+    "linha\nquebrada",
+    "tab\tseparado",
+]
 
 MAPPING = """\
 group: linhas
@@ -31,7 +39,8 @@ tables:
 def metadata() -> sa.MetaData:
     md = sa.MetaData()
     sa.Table(
-        "SaleLine", md,
+        "SaleLine",
+        md,
         sa.Column("Store", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("order", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("Desc", sa.String(200)),
@@ -46,13 +55,21 @@ def metadata() -> sa.MetaData:
 
 def make_row(rng: random.Random, store: int, order: int) -> dict[str, Any]:
     at = datetime(2026, 11, 27, 8, 0, tzinfo=BRT) + timedelta(
-        seconds=rng.randrange(86400), microseconds=rng.randrange(1_000_000))
+        seconds=rng.randrange(86400), microseconds=rng.randrange(1_000_000)
+    )
     return {
-        "Store": store, "order": order,
+        "Store": store,
+        "order": order,
         "Desc": rng.choice(TEXTS),
-        "qty": Decimal(rng.randrange(-10**6, 10**9)) / 1000,
-        "amount": rng.choice([Decimal("0.00"), Decimal("9999999999.99"), Decimal("-0.01"),
-                              Decimal(rng.randrange(10**7)) / 100]),
+        "qty": Decimal(rng.randrange(-(10**6), 10**9)) / 1000,
+        "amount": rng.choice(
+            [
+                Decimal("0.00"),
+                Decimal("9999999999.99"),
+                Decimal("-0.01"),
+                Decimal(rng.randrange(10**7)) / 100,
+            ]
+        ),
         "at": rng.choice([at, None]),
         "select": rng.choice([True, False, None]),
         "note": rng.choice([None, "ok", "ç" * 300]),
@@ -66,8 +83,12 @@ def store_form(url: str, row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-PAIRS = [("sqlite", "postgresql"), ("postgresql", "sqlite"), ("postgresql", "postgresql"),
-         ("sqlite", "sqlite")]
+PAIRS = [
+    ("sqlite", "postgresql"),
+    ("postgresql", "sqlite"),
+    ("postgresql", "postgresql"),
+    ("sqlite", "sqlite"),
+]
 
 
 @pytest.fixture(params=PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
@@ -81,8 +102,7 @@ def pair(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Node, str, str
         engine = sa.create_engine(url)
         metadata().create_all(engine)
         engine.dispose()
-    node = Node(write_node(tmp_path, server=target, register=source,
-                           mappings={"linhas": MAPPING}))
+    node = Node(write_node(tmp_path, server=target, register=source, mappings={"linhas": MAPPING}))
     node.setup()
     request.addfinalizer(node.close)
     return node, source, target
@@ -107,8 +127,13 @@ def test_round_trip(pair: tuple[Node, str, str]) -> None:
 
     def change(conn: sa.Connection, t: sa.Table) -> None:
         for order in range(1, 51):  # updates, including to NULL
-            conn.execute(t.update().where(t.c.Store == 1, t.c.order == order).values(
-                Desc="mudou ✓ ção", amount=None if order % 2 else Decimal("1.99"), note=None))
+            conn.execute(
+                t.update()
+                .where(t.c.Store == 1, t.c.order == order)
+                .values(
+                    Desc="mudou ✓ ção", amount=None if order % 2 else Decimal("1.99"), note=None
+                )
+            )
         conn.execute(t.delete().where(t.c.Store == 2, t.c.order <= 30))
         again = [make_row(rng, 2, order) for order in range(1, 6)]  # deleted, then back
         conn.execute(t.insert(), [store_form(source, r) for r in again])

@@ -117,10 +117,15 @@ class Backend:
 
     # --- setup ---------------------------------------------------------------------------
     def control_ddl(self) -> list[str]:
-        ddl = [str(sa.schema.CreateTable(t, if_not_exists=True).compile(self.engine))
-               for t in self.ct.metadata.sorted_tables]
-        ddl += [str(sa.schema.CreateIndex(i, if_not_exists=True).compile(self.engine))
-                for t in self.ct.metadata.sorted_tables for i in t.indexes]
+        ddl = [
+            str(sa.schema.CreateTable(t, if_not_exists=True).compile(self.engine))
+            for t in self.ct.metadata.sorted_tables
+        ]
+        ddl += [
+            str(sa.schema.CreateIndex(i, if_not_exists=True).compile(self.engine))
+            for t in self.ct.metadata.sorted_tables
+            for i in t.indexes
+        ]
         return ddl
 
     def tracking_ddl(self, conn: Connection | None, table: TrackedTable) -> list[str]:
@@ -146,7 +151,7 @@ class Backend:
             "tombstone_table": self.quote_table(self.ct.tombstone.fullname),
             "stamp_function": f"{self.quote(self.control_schema or '')}.{q('stamp_' + slug)}",
             "tombstone_function": f"{self.quote(self.control_schema or '')}."
-                                  f"{q('tombstone_' + slug)}",
+            f"{q('tombstone_' + slug)}",
             "stamp_trigger": q(f"replicator_stamp_{slug}"),
             "insert_trigger": q(f"replicator_ins_{slug}"),
             "update_trigger": q(f"replicator_upd_{slug}"),
@@ -170,8 +175,13 @@ class Backend:
 
     # --- apply ---------------------------------------------------------------------------
     def upsert(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], key: Sequence[str],
-        rows: Sequence[Row], conflict: Conflict,
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        key: Sequence[str],
+        rows: Sequence[Row],
+        conflict: Conflict,
     ) -> list[Row]:
         """Insert or update `rows`; return the keys of rows kept back by the conflict rule.
 
@@ -180,16 +190,26 @@ class Backend:
         """
         if not rows:
             return []
-        kept = self.conflicting_keys(conn, table, columns, key, rows) \
-            if conflict.rule == "keep_target" else []
+        kept = (
+            self.conflicting_keys(conn, table, columns, key, rows)
+            if conflict.rule == "keep_target"
+            else []
+        )
         self.write_rows(
-            conn, table, columns, rows,
+            conn,
+            table,
+            columns,
+            rows,
             lambda insert: self.upsert_statement(insert, table, columns, key, conflict),
         )
         return kept
 
     def upsert_statement(
-        self, insert: Any, table: sa.Table, columns: Sequence[str], key: Sequence[str],
+        self,
+        insert: Any,
+        table: sa.Table,
+        columns: Sequence[str],
+        key: Sequence[str],
         conflict: Conflict,
     ) -> Any:
         """INSERT .. ON CONFLICT that skips rows equal to the target (no useless writes)."""
@@ -200,15 +220,17 @@ class Backend:
         changed = sa.or_(*[table.c[c].is_distinct_from(excluded[c]) for c in others])
         if conflict.rule == "newer_wins" and conflict.column:
             col = conflict.column
-            changed = sa.and_(
-                changed, sa.or_(table.c[col].is_(None), excluded[col] > table.c[col])
-            )
+            changed = sa.and_(changed, sa.or_(table.c[col].is_(None), excluded[col] > table.c[col]))
         return insert.on_conflict_do_update(
             index_elements=list(key), set_={c: excluded[c] for c in others}, where=changed
         )
 
     def write_rows(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row],
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
         build: Any,
     ) -> None:
         """Default: one executemany of the built statement (drivers batch it)."""
@@ -219,7 +241,11 @@ class Backend:
         raise NotImplementedError
 
     def conflicting_keys(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], key: Sequence[str],
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        key: Sequence[str],
         rows: Sequence[Row],
     ) -> list[Row]:
         """Keys of `rows` that exist in the target with other values."""
@@ -236,7 +262,11 @@ class Backend:
         return out
 
     def delete(
-        self, conn: Connection, table: sa.Table, key: Sequence[str], keys: Sequence[Row],
+        self,
+        conn: Connection,
+        table: sa.Table,
+        key: Sequence[str],
+        keys: Sequence[Row],
         soft_column: str | None,
     ) -> int:
         if not keys:
@@ -244,9 +274,11 @@ class Backend:
         where = sa.and_(*[table.c[k] == sa.bindparam(f"k_{i}") for i, k in enumerate(key)])
         stmt: Any
         if soft_column:
-            stmt = sa.update(table).where(
-                where, table.c[soft_column].is_distinct_from(sa.true())
-            ).values({soft_column: sa.true()})
+            stmt = (
+                sa.update(table)
+                .where(where, table.c[soft_column].is_distinct_from(sa.true()))
+                .values({soft_column: sa.true()})
+            )
         else:
             stmt = sa.delete(table).where(where)
         params = [{f"k_{i}": v for i, v in enumerate(k)} for k in keys]
@@ -281,8 +313,9 @@ def split_sql(script: str) -> list[str]:
     for chunk in re.split(r"\n\s*\n", script):
         body = "\n".join(ln for ln in chunk.splitlines() if not ln.lstrip().startswith("--"))
         if body.strip():
-            out.append(body.strip().rstrip(";") if not body.strip().endswith("END;")
-                       else body.strip())
+            out.append(
+                body.strip().rstrip(";") if not body.strip().endswith("END;") else body.strip()
+            )
     return out
 
 
@@ -291,4 +324,4 @@ def chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield seq[start : start + size]
 
 
-__all__ = ["BusyError", "Backend", "Capabilities", "Conflict", "Row", "TrackedTable"]
+__all__ = ["Backend", "BusyError", "Capabilities", "Conflict", "Row", "TrackedTable"]

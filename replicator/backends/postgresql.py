@@ -56,8 +56,9 @@ class PostgreSQLBackend(Backend):
             raise BusyError(f"job {job} is running in another service; skipped this turn")
 
     def mark_origin(self, conn: Connection, origin: str | None) -> None:
-        conn.execute(sa.text("SELECT set_config('replicator.origin', :o, true)"),
-                     {"o": origin or ""})
+        conn.execute(
+            sa.text("SELECT set_config('replicator.origin', :o, true)"), {"o": origin or ""}
+        )
 
     def safe_upper_bound(self, conn: Connection) -> int:
         # Every transaction id below the snapshot's xmin has ended: rows stamped with it are
@@ -74,25 +75,33 @@ class PostgreSQLBackend(Backend):
         return postgresql.insert(table)
 
     # --- bulk path: COPY into a temporary table, then one set-based statement ----------
-    def stage(self, conn: Connection, table: sa.Table, columns: Sequence[str],
-              rows: Sequence[Row]) -> sa.TableClause:
+    def stage(
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
+    ) -> sa.TableClause:
         name = f"replicator_stage_{next(_stage_ids)}"
         raw = conn.connection.driver_connection
         assert raw is not None
         target = sql.Identifier(*([table.schema] if table.schema else []), table.name)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
         with raw.cursor() as cur:
-            cur.execute(sql.SQL(
-                "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA"
-            ).format(sql.Identifier(name), cols, target))
-            with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(
-                    sql.Identifier(name), cols)) as copy:
+            cur.execute(
+                sql.SQL(
+                    "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA"
+                ).format(sql.Identifier(name), cols, target)
+            )
+            with cur.copy(
+                sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(name), cols)
+            ) as copy:
                 for row in rows:
                     copy.write_row(row)
         return sa.table(name, *[sa.column(c) for c in columns])
 
     def write_rows(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row],
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
         build: Any,
     ) -> None:
         staged = self.stage(conn, table, columns, rows)
@@ -102,7 +111,11 @@ class PostgreSQLBackend(Backend):
         conn.execute(build(insert))
 
     def delete(
-        self, conn: Connection, table: sa.Table, key: Sequence[str], keys: Sequence[Row],
+        self,
+        conn: Connection,
+        table: sa.Table,
+        key: Sequence[str],
+        keys: Sequence[Row],
         soft_column: str | None,
     ) -> int:
         if not keys:
@@ -111,9 +124,11 @@ class PostgreSQLBackend(Backend):
         match = sa.and_(*[table.c[k] == staged.c[k] for k in key])
         stmt: Any
         if soft_column:
-            stmt = sa.update(table).where(
-                match, table.c[soft_column].is_distinct_from(sa.true())
-            ).values({soft_column: sa.true()})
+            stmt = (
+                sa.update(table)
+                .where(match, table.c[soft_column].is_distinct_from(sa.true()))
+                .values({soft_column: sa.true()})
+            )
         else:
             stmt = sa.delete(table).where(match)
         return int(conn.execute(stmt).rowcount or 0)

@@ -23,6 +23,7 @@ class SQLiteBackend(Backend):
     capabilities = Capabilities(max_bind_params=32766, bulk_copy=False, schemas=False)
     control_schema = None
     control_prefix = "replicator_"
+    _has_session = False
 
     def create_engine(self, url: URL) -> Engine:
         engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
@@ -78,40 +79,46 @@ class SQLiteBackend(Backend):
             return statements
         existing = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
         names = self.tracking_names(table)
-        skip = {f"ALTER TABLE {names['table']} ADD COLUMN {self.quote(c)}"
-                for c in (table.version, table.origin) if c in existing}
+        skip = {
+            f"ALTER TABLE {names['table']} ADD COLUMN {self.quote(c)}"
+            for c in (table.version, table.origin)
+            if c in existing
+        }
         return [s for s in statements if not any(s.startswith(p) for p in skip)]
 
     def mark_origin(self, conn: Connection, origin: str | None) -> None:
         if self._tracked(conn):
-            conn.exec_driver_sql(
-                "UPDATE replicator_session SET origin = ? WHERE id = 1", (origin,)
-            )
+            conn.exec_driver_sql("UPDATE replicator_session SET origin = ? WHERE id = 1", (origin,))
 
     def _tracked(self, conn: Connection) -> bool:
-        if "__session__" not in self._tables:
-            if not self.has_table(conn, "replicator_session"):
-                return False
-            self._tables["__session__"] = sa.table("replicator_session")
-        return True
+        """Whether this database has tracking installed (its triggers read the session)."""
+        if not self._has_session:
+            self._has_session = self.has_table(conn, "replicator_session")
+        return self._has_session
 
     def safe_upper_bound(self, conn: Connection) -> int:
-        value = conn.exec_driver_sql(
-            "SELECT version FROM replicator_clock WHERE id = 1"
-        ).scalar()
+        value = conn.exec_driver_sql("SELECT version FROM replicator_clock WHERE id = 1").scalar()
         return int(value or 0)
 
     def insert_construct(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 
     def write_rows(
-        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row],
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
         build: Any,
     ) -> None:
         super().write_rows(conn, table, columns, [adapt_row(r) for r in rows], build)
 
     def delete(
-        self, conn: Connection, table: sa.Table, key: Sequence[str], keys: Sequence[Row],
+        self,
+        conn: Connection,
+        table: sa.Table,
+        key: Sequence[str],
+        keys: Sequence[Row],
         soft_column: str | None,
     ) -> int:
         return super().delete(conn, table, key, [adapt_row(k) for k in keys], soft_column)
@@ -123,6 +130,7 @@ def adapt_row(row: Row) -> Row:
         return row
     return tuple(
         v.astimezone(UTC).replace(tzinfo=None)
-        if isinstance(v, datetime) and v.tzinfo is not None else v
+        if isinstance(v, datetime) and v.tzinfo is not None
+        else v
         for v in row
     )

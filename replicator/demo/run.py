@@ -58,16 +58,25 @@ def build_store(directory: Path, registers: int) -> Path:
     mapping_dir.mkdir(exist_ok=True)
     for entry in resources.files("replicator.mappings").iterdir():
         if entry.name.endswith(".yaml"):
-            (mapping_dir / entry.name).write_text(entry.read_text(encoding="utf-8"),
-                                                  encoding="utf-8")
-    _create(directory / "server.db", store.server_metadata(),
-            lambda conn: store.seed_server(conn, store_id=1))
+            (mapping_dir / entry.name).write_text(
+                entry.read_text(encoding="utf-8"), encoding="utf-8"
+            )
+    _create(
+        directory / "server.db",
+        store.server_metadata(),
+        lambda conn: store.seed_server(conn, store_id=1),
+    )
     for n in range(1, registers + 1):
-        _create(directory / f"caixa{n}.db", store.register_metadata(),
-                lambda conn, n=n: store.seed_register(conn, register_id=n))
+        _create(
+            directory / f"caixa{n}.db",
+            store.register_metadata(),
+            lambda conn, n=n: store.seed_register(conn, register_id=n),
+        )
     config = directory / "replicator.toml"
-    config.write_text(CONFIG.format(registers="".join(
-        REGISTER.format(n=n) for n in range(1, registers + 1))), encoding="utf-8")
+    config.write_text(
+        CONFIG.format(registers="".join(REGISTER.format(n=n) for n in range(1, registers + 1))),
+        encoding="utf-8",
+    )
     return config
 
 
@@ -81,8 +90,9 @@ def _create(path: Path, metadata: sa.MetaData, seed: object) -> None:
 
 def run_demo(directory: Path | None, registers: int, out: Console) -> None:
     where = directory or Path(tempfile.mkdtemp(prefix="replicator-demo-"))
-    out.print(f"[bold]Building a demo store in {where}[/] (SQLite: 1 server, "
-              f"{registers} registers)")
+    out.print(
+        f"[bold]Building a demo store in {where}[/] (SQLite: 1 server, {registers} registers)"
+    )
     config = build_store(where, registers)
     settings = load_settings(config)
     dbs = Databases(settings)
@@ -98,16 +108,17 @@ def run_demo(directory: Path | None, registers: int, out: Console) -> None:
         out.print(_compare(before, after))
         again = run_jobs(settings, settings.jobs(), dbs)
         moved = sum(r.rows for r in again)
-        out.print(f"second cycle: {moved} rows moved"
-                  + (" (nothing new, nothing written)\n" if not moved else "\n"))
+        out.print(
+            f"second cycle: {moved} rows moved"
+            + (" (nothing new, nothing written)\n" if not moved else "\n")
+        )
         out.print(status_table(collect(settings, dbs)))
         failed = [r for r in cadastros + movimento + again if r.error]
         for r in failed:
             out.print(f"[red]{r.job.name}: {r.error}[/]")
     finally:
         dbs.close()
-    out.print(f"\nTry it yourself: cd {where} && replicator status "
-              "&& replicator sync movimento")
+    out.print(f"\nTry it yourself: cd {where} && replicator status && replicator sync movimento")
     if failed:
         raise failed[0].error  # type: ignore[misc]
 
@@ -131,9 +142,11 @@ def _counts(dbs: Databases, names: object) -> dict[str, dict[str, int]]:
         with backend.engine.connect() as conn:
             tables = sa.inspect(conn).get_table_names()
             out[name] = {
-                t: int(conn.execute(sa.text(f"SELECT count(*) FROM {backend.quote(t)}"))
-                       .scalar() or 0)
-                for t in tables if not t.startswith("replicator_")
+                t: int(
+                    conn.execute(sa.text(f"SELECT count(*) FROM {backend.quote(t)}")).scalar() or 0
+                )
+                for t in tables
+                if not t.startswith("replicator_")
             }
     return out
 
