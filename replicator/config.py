@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
@@ -12,8 +13,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from replicator.errors import ConfigError
-from replicator.mapping import MappingFile, format_validation_error, load_mappings
-from replicator.sourcefile import load_toml
+from replicator.mapping import (
+    MappingFile,
+    TableMapping,
+    format_validation_error,
+    load_mapping_sources,
+)
+from replicator.sourcefile import Loc, load_toml
 
 Var = str | int
 
@@ -97,7 +103,9 @@ class SyncConfig(Strict):
 
 
 class Config(Strict):
-    node: NodeConfig
+    node: NodeConfig = Field(
+        description='who this node is: name = "loja01-caixa02", and store_id, register_id'
+    )
     mappings: Path = Path("mappings")
     databases: dict[str, DatabaseConfig] = Field(min_length=1)
     jobs: list[JobConfig] = Field(default_factory=list)
@@ -202,64 +210,86 @@ def load_settings(path: Path) -> Settings:
     try:
         config = Config.model_validate(source.data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc, "config")) from None
+        raise ConfigError(format_validation_error(source, exc, "config", Config)) from None
     problems = []
     roles = [d.role for d in config.databases.values()]
     if "server" not in roles or "register" not in roles:
+        found = ", ".join(f"{n} ({d.role})" for n, d in config.databases.items())
         problems.append(
             f"{source.where(('databases',))}: databases: need one database with role = "
-            "\"server\" and at least one with role = \"register\""
+            f"\"server\" and at least one with role = \"register\"; found {found}"
         )
-    mapping_dir = config.mappings if config.mappings.is_absolute() else path.parent / config.mappings
+    mapping_dir = config.mappings
+    if not mapping_dir.is_absolute():
+        mapping_dir = path.parent / mapping_dir
+    if not mapping_dir.is_dir() or not any(mapping_dir.glob("*.y*ml")):
+        problem = "does not exist" if not mapping_dir.is_dir() else "has no mapping files (*.yaml)"
+        problems.append(
+            f"{source.where(('mappings',))}: mappings: the mapping directory {mapping_dir} "
+            f"{problem}; set mappings = \"...\" to the folder of the mapping files "
+            "(relative to this file)"
+        )
     if problems:
         raise ConfigError("\n".join(problems))
-    groups = load_mappings(mapping_dir)
+    sources = load_mapping_sources(mapping_dir)
+    groups = {name: mapping for name, (mapping, _) in sources.items()}
     for index, job in enumerate(config.jobs):
-        loc = ("jobs", index, "group")
+        loc: Loc = ("jobs", index, "group")
         if job.group not in groups:
+            close = difflib.get_close_matches(job.group, list(groups), n=1)
+            fix = f"did you mean {close[0]!r}? " if close else ""
             problems.append(f"{source.where(loc)}: jobs.{index}.group: no mapping group "
-                            f"{job.group!r}; known groups: {', '.join(sorted(groups))}")
+                            f"{job.group!r}; {fix}known groups: {', '.join(sorted(groups))}")
         for reg in job.registers or []:
             if config.databases.get(reg) is None or config.databases[reg].role != "register":
+                known = [n for n, d in config.databases.items() if d.role == "register"]
                 problems.append(f"{source.where(('jobs', index, 'registers'))}: "
-                                f"jobs.{index}.registers: {reg!r} is not a register database")
+                                f"jobs.{index}.registers: {reg!r} is not a register database; "
+                                f"register databases: {', '.join(known)}")
     settings = Settings(path, config, groups)
     for name, db in config.databases.items():
         if db.role != "register":
             continue
-        known = set(settings._vars(name))
-        for group in groups.values():
-            for table in group.tables:
-                used = _variables_used(table.columns, table.where)
-                for var in sorted(used - known):
+        known_vars = set(settings._vars(name))
+        for mapping, mapping_source in sources.values():
+            for t_index, table in enumerate(mapping.tables):
+                for var, var_loc in _variable_uses(table):
+                    if var in known_vars:
+                        continue
+                    used_at = mapping_source.where(("tables", t_index, *var_loc))
+                    vars_fix = (f"add {var} = ... to the vars of [databases.{name}]"
+                                if db.vars else f"add vars = {{ {var} = ... }} under "
+                                f"[databases.{name}]")
                     problems.append(
-                        f"{source.where(('databases', name))}: database {name!r}: mapping "
-                        f"group {group.group!r} table {table.label!r} uses {{{var}}} but the "
-                        f"node has no such variable; set node.{var} or "
-                        f"databases.{name}.vars.{var}"
+                        f"{source.where(('databases', name))}: databases.{name}: {used_at} "
+                        f"(group {mapping.group!r}, table {table.label!r}) uses {{{var}}}, but "
+                        f"this register has no such variable; {vars_fix}, or {var} = ... "
+                        "under [node]"
                     )
     if problems:
         raise ConfigError("\n".join(dict.fromkeys(problems)))
     return settings
 
 
-def _variables_used(*parts: object) -> set[str]:
-    found: set[str] = set()
+def _variable_uses(table: TableMapping) -> list[tuple[str, Loc]]:
+    """The node variables (``{name}``) a table's columns and row filter use, with their place."""
+    found: list[tuple[str, Loc]] = []
 
-    def walk(value: object) -> None:
+    def walk(value: object, loc: Loc) -> None:
         if isinstance(value, str):
             m = _VAR_USE.fullmatch(value)
             if m:
-                found.add(m.group(1))
+                found.append((m.group(1), loc))
         elif isinstance(value, dict):
-            for v in value.values():
-                walk(v)
+            for k, v in value.items():
+                walk(v, (*loc, str(k)))
         elif isinstance(value, list | tuple):
-            for v in value:
-                walk(v)
+            for i, v in enumerate(value):
+                walk(v, (*loc, i))
         elif isinstance(value, BaseModel):
-            walk(value.model_dump())
+            walk(value.model_dump(by_alias=True), loc)
 
-    for part in parts:
-        walk(part)
+    walk(table.columns, ("columns",))
+    walk(table.where, ("where",))
     return found
+
