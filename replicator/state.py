@@ -125,9 +125,11 @@ def quarantine_row(
     table: str,
     key: list[Any],
     row: dict[str, Any] | None,
-    version: int,
     reason: str,
+    status: str = "open",
 ) -> None:
+    """Record a row the target refused (status open: retried with every batch) or a conflict
+    kept back by the keep_target rule (status conflict: reported, not retried)."""
     now = datetime.now(UTC)
     key_text = json.dumps(key, default=str, ensure_ascii=False)
     data = json.dumps(row, default=str, ensure_ascii=False) if row is not None else None
@@ -135,14 +137,7 @@ def quarantine_row(
     done = conn.execute(
         sa.update(ct.quarantine)
         .where(q.job == job, q.table_name == table, q.row_key == key_text)
-        .values(
-            row_data=data,
-            version=version,
-            reason=reason,
-            last_seen=now,
-            attempts=q.attempts + 1,
-            status="open",
-        )
+        .values(row_data=data, reason=reason, last_seen=now, attempts=q.attempts + 1, status=status)
     )
     if done.rowcount == 0:
         conn.execute(
@@ -151,9 +146,40 @@ def quarantine_row(
                 table_name=table,
                 row_key=key_text,
                 row_data=data,
-                version=version,
+                version=0,
                 reason=reason,
                 first_seen=now,
                 last_seen=now,
+                status=status,
+            )
+        )
+
+
+def open_quarantine(
+    conn: Connection, ct: ControlTables, job: str, limit: int
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Keys of the job's open quarantined rows, per table, oldest first."""
+    q = ct.quarantine.c
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    stmt = (
+        sa.select(q.table_name, q.row_key)
+        .where(q.job == job, q.status == "open")
+        .order_by(q.table_name, q.first_seen)
+    )
+    for table, key in conn.execute(stmt):
+        keys = out.setdefault(table, [])
+        if len(keys) < limit:
+            keys.append(tuple(json.loads(key)))
+    return out
+
+
+def resolve_quarantine(
+    conn: Connection, ct: ControlTables, job: str, table: str, keys: list[str]
+) -> None:
+    q = ct.quarantine.c
+    for part in range(0, len(keys), 500):
+        conn.execute(
+            sa.delete(ct.quarantine).where(
+                q.job == job, q.table_name == table, q.row_key.in_(keys[part : part + 500])
             )
         )

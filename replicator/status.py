@@ -55,7 +55,7 @@ def collect(
                 quarantined: dict[str, int] = dict(
                     conn.execute(
                         sa.select(q.table_name, sa.func.count())
-                        .where(q.job == job.name, q.status == "open")
+                        .where(q.job == job.name, q.status.in_(["open", "conflict"]))
                         .group_by(q.table_name)
                     ).all()
                 )

@@ -17,13 +17,15 @@ from loguru import logger
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
+from replicator.apply import Applier
 from replicator.backends import Backend, open_backend
-from replicator.backends.base import ORIGIN_COLUMN, Row, chunks
+from replicator.backends.base import ORIGIN_COLUMN, Row
 from replicator.config import Job, Settings
 from replicator.errors import BusyError, ReplicatorError
 from replicator.mapping import MappingFile
-from replicator.state import quarantine_row, read_watermarks, save_progress
-from replicator.transform import TablePlan, build_plan, decode_key
+from replicator.read import RETRY_LIMIT, Reader
+from replicator.state import open_quarantine, read_watermarks
+from replicator.transform import TablePlan, build_plan
 
 
 @dataclass
@@ -46,14 +48,6 @@ class JobResult:
     @property
     def rows(self) -> int:
         return sum(t.upserts + t.deletes for t in self.tables.values())
-
-
-@dataclass
-class Changes:
-    plan: TablePlan
-    low: int
-    rows: list[Row]
-    deleted: list[Row]  # target keys
 
 
 class Databases:
@@ -90,6 +84,8 @@ class JobRunner:
         self.batch_rows = settings.config.sync.batch_rows
         self.where = f"group {job.group!r} ({settings.config.mappings / (job.group + '.yaml')})"
         self._plans: list[TablePlan] | None = None
+        self.reader = Reader(self.source, self.target_node, self.batch_rows, self.page_rows)
+        self.applier = Applier(self.target, job.name, self.source_node)
         self.log = logger.bind(job=job.name)
 
     # --- plans ---------------------------------------------------------------------------
@@ -145,29 +141,36 @@ class JobRunner:
     def batch(self, result: JobResult) -> bool | None:
         """Apply one batch. None: nothing to do; True: more may be waiting."""
         plans = self.plans()
-        marks = self._watermarks()
+        marks, parked = self._target_state()
         try:
             with self.source.read_snapshot() as sconn:
                 high = self.source.safe_upper_bound(sconn)
-                cut = self._cut(sconn, plans, marks, high)
+                cut = self.reader.cut(sconn, plans, marks, high)
                 if cut is None:
                     return None
-                changes = [self._read(sconn, p, marks.get(p.label, 0), cut) for p in plans]
+                changes = [
+                    self.reader.read(sconn, p, marks.get(p.label, 0), cut, parked.get(p.label, []))
+                    for p in plans
+                ]
         except sa_exc.SQLAlchemyError as exc:
             raise self.source.classify(exc) from exc
         try:
             with self.target.write(self.job.name) as tconn:
                 if read_watermarks(tconn, self.target.ct, self.job.name) != marks:
                     raise BusyError("another service advanced this job meanwhile; will read again")
-                self._apply(tconn, changes, cut, result)
+                self.applier.apply(tconn, changes, cut, result.tables)
         except sa_exc.SQLAlchemyError as exc:
             raise self.target.classify(exc) from exc
         return cut < high
 
-    def _watermarks(self) -> dict[str, int]:
+    def _target_state(self) -> tuple[dict[str, int], dict[str, list[Row]]]:
+        """Watermarks and the quarantined keys to retry, read without holding any lock."""
         try:
             with self.target.engine.connect() as conn:
-                return read_watermarks(conn, self.target.ct, self.job.name)
+                return (
+                    read_watermarks(conn, self.target.ct, self.job.name),
+                    open_quarantine(conn, self.target.ct, self.job.name, RETRY_LIMIT),
+                )
         except sa_exc.ProgrammingError as exc:
             raise ReplicatorError(
                 f"{self.target.display_url}: control tables are missing; run `replicator "
@@ -212,166 +215,6 @@ class JobRunner:
                     for p in probes
                 )
         return out
-
-    # --- reading -------------------------------------------------------------------------
-    def _cut(
-        self, conn: Connection, plans: Sequence[TablePlan], marks: dict[str, int], high: int
-    ) -> int | None:
-        """The highest version such that no table has much more than batch_rows below it."""
-        cut = high
-        pending = False
-        tomb = self.source.ct.tombstone
-        for plan in plans:
-            low = marks.get(plan.label, 0)
-            if low >= high:
-                continue
-            probes = [
-                sa.select(plan.version.label("v"))
-                .where(plan.version > low, plan.version <= high)
-                .order_by(plan.version)
-                .limit(self.batch_rows),
-            ]
-            if plan.deletes:
-                probes.append(
-                    sa.select(tomb.c.version.label("v"))
-                    .where(
-                        tomb.c.table_name == plan.mapping.source,
-                        tomb.c.version > low,
-                        tomb.c.version <= high,
-                    )
-                    .order_by(tomb.c.version)
-                    .limit(self.batch_rows)
-                )
-            for probe in probes:
-                sub = probe.subquery()
-                count, last = conn.execute(sa.select(sa.func.count(), sa.func.max(sub.c.v))).one()
-                if count:
-                    pending = True
-                if count >= self.batch_rows:
-                    cut = min(cut, int(last))
-        return cut if pending else None
-
-    def _read(self, conn: Connection, plan: TablePlan, low: int, cut: int) -> Changes:
-        changes = Changes(plan, low, [], [])
-        if low >= cut:
-            return changes
-        origin = plan.source.c[ORIGIN_COLUMN]
-        not_echo = sa.or_(origin.is_(None), origin != self.target_node)
-        stmt = (
-            sa.select(*plan.select)
-            .where(plan.version > low, plan.version <= cut, not_echo, *plan.filters)
-            .order_by(plan.version, *plan.source_key)
-        )
-        result = conn.execution_options(stream_results=True, yield_per=self.page_rows)
-        for page in result.execute(stmt).partitions():
-            changes.rows.extend(tuple(r) for r in page)
-        if plan.deletes:
-            changes.deleted = self._deleted(conn, plan, low, cut)
-        return changes
-
-    def _deleted(self, conn: Connection, plan: TablePlan, low: int, cut: int) -> list[Row]:
-        tomb = self.source.ct.tombstone
-        stmt = (
-            sa.select(tomb.c.key)
-            .where(
-                tomb.c.table_name == plan.mapping.source,
-                tomb.c.version > low,
-                tomb.c.version <= cut,
-                sa.or_(tomb.c.origin.is_(None), tomb.c.origin != self.target_node),
-            )
-            .order_by(tomb.c.version)
-        )
-        keys = list(dict.fromkeys(decode_key(k) for (k,) in conn.execute(stmt)))
-        if not keys:
-            return []
-        # A key deleted and inserted again is alive: the row stream carries it.
-        alive: set[Row] = set()
-        width = len(plan.source_key)
-        size = max(1, self.source.capabilities.max_bind_params // width - 1)
-        for part in chunks(keys, size):
-            found = conn.execute(
-                sa.select(*plan.source_key).where(
-                    sa.tuple_(*plan.source_key).in_([tuple(k) for k in part])
-                )
-            )
-            alive.update(tuple(r) for r in found)
-        return [plan.target_key_from_tombstone(k) for k in keys if k not in alive]
-
-    # --- applying ------------------------------------------------------------------------
-    def _apply(self, conn: Connection, changes: list[Changes], cut: int, result: JobResult) -> None:
-        self.target.mark_origin(conn, self.source_node)
-        for ch in reversed(changes):  # children first, so foreign keys hold
-            if ch.deleted:
-                n = self.target.delete(
-                    conn, ch.plan.target, ch.plan.target_key, ch.deleted, ch.plan.soft_delete
-                )
-                result.tables[ch.plan.label].deletes += n
-        for ch in changes:  # parents first
-            if ch.rows:
-                self._upsert(conn, ch, result.tables[ch.plan.label])
-        for ch in changes:
-            if cut > ch.low:
-                save_progress(
-                    conn,
-                    self.target.ct,
-                    self.job.name,
-                    ch.plan.label,
-                    cut,
-                    len(ch.rows),
-                    len(ch.deleted),
-                )
-        self.target.mark_origin(conn, None)
-
-    def _upsert(self, conn: Connection, ch: Changes, out: TableResult) -> None:
-        plan = ch.plan
-        bad = self._apply_rows(conn, plan, ch.rows, out)
-        for row, reason in bad:
-            key = list(plan.key_of(row))
-            quarantine_row(
-                conn,
-                self.target.ct,
-                self.job.name,
-                plan.label,
-                key,
-                dict(zip(plan.columns, row, strict=True)),
-                0,
-                reason,
-            )
-            self.log.bind(table=plan.label).warning("quarantined {}: {}", key, reason)
-        out.quarantined += len(bad)
-        out.upserts += len(ch.rows) - len(bad)
-
-    def _apply_rows(
-        self, conn: Connection, plan: TablePlan, rows: list[Row], out: TableResult
-    ) -> list[tuple[Row, str]]:
-        """Apply rows; on a row error bisect to find the bad rows, keep the good ones."""
-        try:
-            with conn.begin_nested():
-                kept = self.target.upsert(
-                    conn, plan.target, plan.columns, plan.target_key, rows, plan.conflict
-                )
-        except sa_exc.SQLAlchemyError as exc:
-            if not self.target.is_row_error(exc):
-                raise
-            if len(rows) == 1:
-                return [(rows[0], self.target.classify(exc).args[0])]
-            mid = len(rows) // 2
-            return self._apply_rows(conn, plan, rows[:mid], out) + self._apply_rows(
-                conn, plan, rows[mid:], out
-            )
-        for key in kept:
-            quarantine_row(
-                conn,
-                self.target.ct,
-                self.job.name,
-                plan.label,
-                list(key),
-                None,
-                0,
-                "conflict: the target row differs and the rule is keep_target",
-            )
-            out.conflicts += 1
-        return []
 
 
 def run_jobs(

@@ -44,6 +44,11 @@ class TablePlan:
     def source_key(self) -> list[sa.Column[Any]]:
         return [self.source.c[k] for k in self.mapping.key]
 
+    def expression(self, column: str) -> sa.ColumnElement[Any]:
+        """The source-side expression that yields a target column."""
+        label = self.select[self.columns.index(column)]
+        return label.element if isinstance(label, sa.Label) else label
+
     def key_of(self, row: Row) -> Row:
         return tuple(row[self.columns.index(k)] for k in self.target_key)
 
@@ -156,6 +161,9 @@ def build_plan(
     soft = mapping.deletes.soft if isinstance(mapping.deletes, SoftDelete) else None
     if soft and soft not in target.c:
         problems.append(f"deletes.soft: no column {soft!r} in target table {target.name!r}")
+    if soft and soft in target.c and soft not in columns:
+        columns.append(soft)  # a row that comes back is no longer marked deleted
+        select.append(sa.false().label(soft))
     if problems:
         raise ConfigError("\n".join(f"{where}: table {mapping.label!r}: {p}" for p in problems))
     return TablePlan(

@@ -332,3 +332,132 @@ def test_bad_row_is_quarantined_and_the_rest_applied(
     assert [(name, key) for name, key, _ in q] == [("item", "[37]")]
     assert "check" in q[0][2].lower() or "constraint" in q[0][2].lower(), q[0][2]
     node.close()
+
+
+# --- 7. Sales arrive whole ------------------------------------------------------------------
+SALES = """\
+group: movimento
+direction: register_to_server
+tables:
+  - source: sale
+    key: [id]
+  - source: item
+    key: [sale_id, line]
+    depends_on: [sale]
+"""
+SALE_DDL = "CREATE TABLE sale (id integer PRIMARY KEY, total numeric(12,2))"
+ITEM_SOURCE = "CREATE TABLE item (sale_id integer, line integer, PRIMARY KEY (sale_id, line))"
+ITEM_TARGET = (
+    "CREATE TABLE item (sale_id integer REFERENCES sale (id), line integer, "
+    "PRIMARY KEY (sale_id, line))"
+)
+
+
+def open_quarantine(node: Node) -> list[tuple[str, str]]:
+    backend = node.dbs["server"]
+    q = backend.ct.quarantine
+    with backend.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.select(q.c.table_name, q.c.row_key))]
+
+
+def test_items_whose_sale_changed_later_are_not_lost(
+    any_database: Callable[[], str], sqlite_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """A sale updated after its items: a batch cut between them must not lose the items."""
+    source, target = sqlite_database(), any_database()
+    execute(source, SALE_DDL, ITEM_SOURCE)
+    execute(target, SALE_DDL, ITEM_TARGET)
+    config = write_node(
+        tmp_path,
+        server=target,
+        register=source,
+        mappings={"m": SALES},
+        extra="[sync]\nbatch_rows = 3\n",
+    )
+    node = Node(config)
+    node.setup()
+    execute(
+        source,
+        "INSERT INTO sale (id, total) VALUES (1, 0)",
+        *[f"INSERT INTO item (sale_id, line) VALUES (1, {n})" for n in range(1, 6)],
+        "UPDATE sale SET total = 10.5 WHERE id = 1",
+    )
+    node.sync(max_batches=1)
+    assert rows(target, "sale") == [] and rows(target, "item") == []
+    assert len(open_quarantine(node)) == 3, "items without their sale wait in quarantine"
+    node.sync()
+    assert rows(target, "sale") == rows(source, "sale")
+    assert rows(target, "item") == rows(source, "item")
+    assert open_quarantine(node) == []
+    node.close()
+
+
+def test_items_held_back_by_an_open_transaction_are_not_lost(
+    pg_database: Callable[[], str], tmp_path: Path
+) -> None:
+    source, target = pg_database(), pg_database()
+    execute(source, SALE_DDL, ITEM_SOURCE, "CREATE TABLE other (id int)")
+    execute(target, SALE_DDL, ITEM_TARGET)
+    node = Node(write_node(tmp_path, server=target, register=source, mappings={"m": SALES}))
+    node.setup()
+    execute(
+        source,
+        "INSERT INTO sale (id, total) VALUES (1, 0)",
+        "INSERT INTO item (sale_id, line) SELECT 1, g FROM generate_series(1, 4) g",
+    )
+    blocker = psycopg.connect(psql_url(source))
+    blocker.execute("INSERT INTO other VALUES (1)")  # unrelated, open: holds the bound back
+    execute(source, "UPDATE sale SET total = 99.90 WHERE id = 1")
+    node.sync()
+    assert rows(target, "sale") == [] and rows(target, "item") == []
+    blocker.commit()
+    blocker.close()
+    node.sync()
+    assert rows(target, "sale") == rows(source, "sale")
+    assert rows(target, "item") == rows(source, "item")
+    assert open_quarantine(node) == []
+    node.close()
+
+
+def test_quarantined_row_goes_through_once_the_target_is_fixed(
+    sqlite_database: Callable[[], str], pg_database: Callable[[], str], tmp_path: Path
+) -> None:
+    source, target = sqlite_database(), pg_database()
+    execute(source, ITEM_DDL)
+    execute(
+        target,
+        "CREATE TABLE item (id integer PRIMARY KEY, name varchar(20), "
+        "qty integer CONSTRAINT positive CHECK (qty >= 0))",
+    )
+    node = Node(write_node(tmp_path, server=target, register=source, mappings={"itens": ITEMS}))
+    node.setup()
+    execute(source, "INSERT INTO item (id, name, qty) VALUES (1, 'ok', 1), (2, 'bad', -1)")
+    node.sync()
+    assert open_quarantine(node) == [("item", "[2]")]
+    execute(target, "ALTER TABLE item DROP CONSTRAINT positive")
+    execute(source, "INSERT INTO item (id, name, qty) VALUES (3, 'next', 1)")
+    node.sync()
+    assert rows(target, "item") == rows(source, "item")
+    assert open_quarantine(node) == []
+    node.close()
+
+
+def test_refused_delete_is_quarantined_not_fatal(
+    pg_database: Callable[[], str], tmp_path: Path
+) -> None:
+    source, target = pg_database(), pg_database()
+    execute(source, ITEM_DDL)
+    execute(target, ITEM_DDL, "CREATE TABLE local_ref (item_id int REFERENCES item (id))")
+    node = Node(write_node(tmp_path, server=target, register=source, mappings={"itens": ITEMS}))
+    node.setup()
+    execute(
+        source, "INSERT INTO item (id, name, qty) SELECT g, 'n', g FROM generate_series(1, 5) g"
+    )
+    node.sync()
+    execute(target, "INSERT INTO local_ref VALUES (2)")  # the target still needs item 2
+    execute(source, "DELETE FROM item WHERE id IN (2, 3)")
+    results = node.sync()
+    assert results[0].tables["item"].deletes == 1
+    assert [r[0] for r in rows(target, "item")] == [1, 2, 4, 5]
+    assert open_quarantine(node) == [("item", "[2]")]
+    node.close()
