@@ -42,8 +42,10 @@ class DatabaseConfig(Strict):
         description="stable name of this database's node, the same in every node's config "
         "(written as the origin of replicated rows); default: the key of this table",
     )
-    url: str = Field(description="SQLAlchemy URL without the password, e.g. "
-                     "postgresql+psycopg://replicator@10.0.0.5/loja or sqlite:///caixa.db")
+    url: str = Field(
+        description="SQLAlchemy URL without the password, e.g. "
+        "postgresql+psycopg://replicator@10.0.0.5/loja or sqlite:///caixa.db"
+    )
     password_env: str | None = Field(
         default=None, description="environment variable that holds the password"
     )
@@ -80,7 +82,9 @@ class JobConfig(Strict):
     group: str
     every: str = Field(default="60s", pattern=r"^\d+(s|m|h)$", description="e.g. 30s, 5m, 1h")
     registers: list[str] | None = Field(
-        default=None, description="register databases this job runs for (default: all)"
+        default=None,
+        min_length=1,
+        description="register databases this job runs for (default: all)",
     )
 
     @property
@@ -119,14 +123,18 @@ class Job(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     group: str
-    source: str
+    source: str  # database names in this config
     target: str
+    source_node: str  # their stable identities, the same in every node's config
+    target_node: str
     vars: dict[str, Var]
     every: int
 
     @property
     def name(self) -> str:
-        return f"{self.group}:{self.source}->{self.target}"
+        """Names the job's watermarks and lock in the target: two services that run the same
+        job under different database names still share them."""
+        return f"{self.group}:{self.source_node}->{self.target_node}"
 
 
 class Settings:
@@ -144,7 +152,7 @@ class Settings:
             path = Path(url.database)
             if not path.is_absolute():
                 url = url.set(database=str((self.path.parent / path).resolve()))
-        password = _password(database, db)
+        password = _password(database, db, self.path.parent)
         return url.set(password=password) if password else url
 
     def jobs(self, groups: list[str] | None = None) -> list[Job]:
@@ -167,9 +175,22 @@ class Settings:
                 for register in chosen:
                     node_vars = self._vars(register)
                     src, dst = (server, register) if down else (register, server)
-                    out.append(Job(group=group, source=src, target=dst, vars=node_vars,
-                                   every=every))
+                    out.append(
+                        Job(
+                            group=group,
+                            source=src,
+                            target=dst,
+                            source_node=self.node(src),
+                            target_node=self.node(dst),
+                            vars=node_vars,
+                            every=every,
+                        )
+                    )
         return out
+
+    def node(self, database: str) -> str:
+        """The stable identity of a database's node (written as the origin of its rows)."""
+        return self.config.databases[database].node or database
 
     def _vars(self, register: str) -> dict[str, Var]:
         node = self.config.node
@@ -183,7 +204,7 @@ class Settings:
         return out
 
 
-def _password(name: str, db: DatabaseConfig) -> str | None:
+def _password(name: str, db: DatabaseConfig, base: Path) -> str | None:
     if db.password_env:
         value = os.environ.get(db.password_env)
         if value is None:
@@ -193,12 +214,21 @@ def _password(name: str, db: DatabaseConfig) -> str | None:
             )
         return value
     if db.password_file:
+        path = db.password_file if db.password_file.is_absolute() else base / db.password_file
         try:
-            return db.password_file.read_text(encoding="utf-8").splitlines()[0]
-        except (OSError, IndexError):
+            mode = path.stat().st_mode
+            text = path.read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError, UnicodeDecodeError):
             raise ConfigError(
-                f"database {name!r}: cannot read the password from {db.password_file}"
+                f"database {name!r}: cannot read the password from {path} (password_file); "
+                "its first line must hold the password"
             ) from None
+        if os.name == "posix" and mode & 0o077:
+            raise ConfigError(
+                f"database {name!r}: {path} can be read by other users; run "
+                f"`chmod 600 {path}` (password_file must be private)"
+            )
+        return text
     return None
 
 
@@ -217,7 +247,7 @@ def load_settings(path: Path) -> Settings:
         found = ", ".join(f"{n} ({d.role})" for n, d in config.databases.items())
         problems.append(
             f"{source.where(('databases',))}: databases: need one database with role = "
-            f"\"server\" and at least one with role = \"register\"; found {found}"
+            f'"server" and at least one with role = "register"; found {found}'
         )
     mapping_dir = config.mappings
     if not mapping_dir.is_absolute():
@@ -226,7 +256,7 @@ def load_settings(path: Path) -> Settings:
         problem = "does not exist" if not mapping_dir.is_dir() else "has no mapping files (*.yaml)"
         problems.append(
             f"{source.where(('mappings',))}: mappings: the mapping directory {mapping_dir} "
-            f"{problem}; set mappings = \"...\" to the folder of the mapping files "
+            f'{problem}; set mappings = "..." to the folder of the mapping files '
             "(relative to this file)"
         )
     if problems:
@@ -235,17 +265,27 @@ def load_settings(path: Path) -> Settings:
     groups = {name: mapping for name, (mapping, _) in sources.items()}
     for index, job in enumerate(config.jobs):
         loc: Loc = ("jobs", index, "group")
+        first = next(i for i, j in enumerate(config.jobs) if j.group == job.group)
+        if first != index:
+            problems.append(
+                f"{source.where(loc)}: jobs.{index}.group: group {job.group!r} already has a "
+                f"[[jobs]] entry at line {source.line_of(('jobs', first))}; merge the two"
+            )
         if job.group not in groups:
             close = difflib.get_close_matches(job.group, list(groups), n=1)
             fix = f"did you mean {close[0]!r}? " if close else ""
-            problems.append(f"{source.where(loc)}: jobs.{index}.group: no mapping group "
-                            f"{job.group!r}; {fix}known groups: {', '.join(sorted(groups))}")
+            problems.append(
+                f"{source.where(loc)}: jobs.{index}.group: no mapping group "
+                f"{job.group!r}; {fix}known groups: {', '.join(sorted(groups))}"
+            )
         for reg in job.registers or []:
             if config.databases.get(reg) is None or config.databases[reg].role != "register":
                 known = [n for n, d in config.databases.items() if d.role == "register"]
-                problems.append(f"{source.where(('jobs', index, 'registers'))}: "
-                                f"jobs.{index}.registers: {reg!r} is not a register database; "
-                                f"register databases: {', '.join(known)}")
+                problems.append(
+                    f"{source.where(('jobs', index, 'registers'))}: "
+                    f"jobs.{index}.registers: {reg!r} is not a register database; "
+                    f"register databases: {', '.join(known)}"
+                )
     settings = Settings(path, config, groups)
     for name, db in config.databases.items():
         if db.role != "register":
@@ -257,9 +297,11 @@ def load_settings(path: Path) -> Settings:
                     if var in known_vars:
                         continue
                     used_at = mapping_source.where(("tables", t_index, *var_loc))
-                    vars_fix = (f"add {var} = ... to the vars of [databases.{name}]"
-                                if db.vars else f"add vars = {{ {var} = ... }} under "
-                                f"[databases.{name}]")
+                    vars_fix = (
+                        f"add {var} = ... to the vars of [databases.{name}]"
+                        if db.vars
+                        else f"add vars = {{ {var} = ... }} under [databases.{name}]"
+                    )
                     problems.append(
                         f"{source.where(('databases', name))}: databases.{name}: {used_at} "
                         f"(group {mapping.group!r}, table {table.label!r}) uses {{{var}}}, but "
@@ -292,4 +334,3 @@ def _variable_uses(table: TableMapping) -> list[tuple[str, Loc]]:
     walk(table.columns, ("columns",))
     walk(table.where, ("where",))
     return found
-

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -52,6 +53,21 @@ class FromColumn(Strict):
     @property
     def has_default(self) -> bool:
         return "default" in self.model_fields_set
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _text_keys(cls, value: Any) -> Any:
+        """Map keys compare as text (YAML reads an unquoted 1 as a number)."""
+        if isinstance(value, dict):
+            return {str(k) if isinstance(k, int | float) else k: v for k, v in value.items()}
+        return value
+
+    @field_validator("default")
+    @classmethod
+    def _default_needs_map(cls, value: Scalar, info: ValidationInfo) -> Scalar:
+        if info.data.get("map") is None:
+            raise ValueError("default is only used with map; add a map or remove default")
+        return value
 
 
 ColumnSpec = Annotated[
@@ -104,8 +120,8 @@ class TableMapping(Strict):
         default="delete", description="delete (the default), ignore, or {soft: column}"
     )
     conflict: Literal["source_wins", "keep_target"] | NewerWins = Field(
-        default="source_wins", description="source_wins (the default), keep_target, or "
-        "{newer_wins: column}"
+        default="source_wins",
+        description="source_wins (the default), keep_target, or {newer_wins: column}",
     )
     depends_on: list[str] = Field(
         default_factory=list, description="tables of this group that must be applied first"
@@ -145,8 +161,11 @@ class TableMapping(Strict):
             if tcol in self.columns:
                 at = ("columns", tcol)
             if isinstance(spec, FromColumn) and spec.map is not None:
-                raise LocatedError(at, f"target key column {tcol!r} cannot use a value map; "
-                                   "remove the map or the column from the key")
+                raise LocatedError(
+                    at,
+                    f"target key column {tcol!r} cannot use a value map; "
+                    "remove the map or the column from the key",
+                )
             src = source_column_of(spec)
             if src is not None and src not in self.key:
                 if self.target_key is not None:
@@ -209,14 +228,18 @@ class MappingFile(Strict):
             for d, dep in enumerate(table.depends_on):
                 at = ("tables", index, "depends_on", d)
                 if dep == table.label:
-                    raise LocatedError(at, f"table {table.label!r} depends on itself; remove "
-                                       f"{dep!r} from its depends_on")
+                    raise LocatedError(
+                        at,
+                        f"table {table.label!r} depends on itself; remove "
+                        f"{dep!r} from its depends_on",
+                    )
                 if dep not in first:
                     close = difflib.get_close_matches(dep, labels, n=1)
                     fix = f"did you mean {close[0]!r}?" if close else "check the name;"
                     raise LocatedError(
-                        at, f"table {table.label!r} depends on {dep!r}, but this group has no "
-                        f"such table; {fix} tables of this group: {', '.join(labels)}"
+                        at,
+                        f"table {table.label!r} depends on {dep!r}, but this group has no "
+                        f"such table; {fix} tables of this group: {', '.join(labels)}",
                     )
         cycle = _find_cycle(self.tables, first)
         if cycle:
@@ -256,7 +279,7 @@ def _find_cycle(tables: list[TableMapping], index: dict[str, int]) -> list[str] 
 
     def visit(label: str, path: list[str]) -> list[str] | None:
         if label in path:
-            return [*path[path.index(label):], label]
+            return [*path[path.index(label) :], label]
         if label in done:
             return None
         for dep in deps.get(label, []):
@@ -293,8 +316,17 @@ def _dotted(loc: Loc) -> str:
     return ".".join(str(p) for p in loc)
 
 
-_UNION_TAGS = {"str", "int", "float", "bool", "none", "Const", "FromColumn", "SoftDelete",
-               "NewerWins"}
+_UNION_TAGS = {
+    "str",
+    "int",
+    "float",
+    "bool",
+    "none",
+    "Const",
+    "FromColumn",
+    "SoftDelete",
+    "NewerWins",
+}
 
 
 def _is_union_tag(part: object) -> bool:
@@ -343,14 +375,25 @@ def _value_at(data: Any, loc: Loc) -> Any:
     return data
 
 
-_SHAPE_ERRORS = {"model_type", "model_attributes_type", "dict_type", "string_type", "int_type",
-                 "int_parsing", "float_type", "float_parsing", "bool_type", "bool_parsing",
-                 "none_required", "list_type", "literal_error", "is_instance_of"}
+_SHAPE_ERRORS = {
+    "model_type",
+    "model_attributes_type",
+    "dict_type",
+    "string_type",
+    "int_type",
+    "int_parsing",
+    "float_type",
+    "float_parsing",
+    "bool_type",
+    "bool_parsing",
+    "none_required",
+    "list_type",
+    "literal_error",
+    "is_instance_of",
+}
 
 
-def _pick_union_branches(
-    source: SourceFile, errors: list[Any]
-) -> list[tuple[Any, int]]:
+def _pick_union_branches(source: SourceFile, errors: list[Any]) -> list[tuple[Any, int]]:
     """Pydantic reports every member of a union that failed; keep the member the user meant.
 
     For a mapping value (`{from: x, mapp: ...}`) that is the model with the fewest errors;
@@ -377,25 +420,30 @@ def _pick_union_branches(
         value = _value_at(source.data, tuple(p for p in root if not _is_union_tag(p)))
         if isinstance(value, dict):
             models = {
-                tag: errs for tag, errs in branches.items()
-                if not any(e["type"] in _SHAPE_ERRORS and len(e["loc"]) == len(root) + 1
-                           for e in errs)
+                tag: errs
+                for tag, errs in branches.items()
+                if not any(
+                    e["type"] in _SHAPE_ERRORS and len(e["loc"]) == len(root) + 1 for e in errs
+                )
             }
             if models:
                 best = min(models.values(), key=len)
                 out.extend((e, 1) for e in best)
                 continue
         plain = [
-            e for errs in branches.values() for e in errs
-            if not (e["type"] in {"model_type", "model_attributes_type", "dict_type"}
-                    and len(e["loc"]) == len(root) + 1)
+            e
+            for errs in branches.values()
+            for e in errs
+            if not (
+                e["type"] in {"model_type", "model_attributes_type", "dict_type"}
+                and len(e["loc"]) == len(root) + 1
+            )
         ]
         if not isinstance(value, dict) and len(plain) == 1:
             out.append((plain[0], len(branches)))
         else:
             first = (plain or next(iter(branches.values())))[0]
-            out.append(({**first, "type": "union_mismatch", "tags": list(branches)},
-                        len(branches)))
+            out.append(({**first, "type": "union_mismatch", "tags": list(branches)}, len(branches)))
     return out
 
 
@@ -437,8 +485,7 @@ def _field_at(
             info = extra or info
             origin = typing.get_origin(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
-            field = next((f for n, f in tp.model_fields.items()
-                          if part in (n, f.alias)), None)
+            field = next((f for n, f in tp.model_fields.items() if part in (n, f.alias)), None)
             if field is None:
                 return None, None, None
             tp, info, container = field.annotation, field, None
@@ -469,8 +516,13 @@ def _literals(tp: Any) -> list[Any]:
     return []
 
 
-_WORDS = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false",
-          "none": "nothing (null)"}
+_WORDS = {
+    "str": "text",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "none": "nothing (null)",
+}
 
 
 def _expected(tags: list[object]) -> list[str]:
@@ -489,13 +541,23 @@ def _expected(tags: list[object]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-_ITEMS = {"tables": "table", "key": "key column", "target_key": "key column",
-          "databases": "database", "sums": "column"}
+_ITEMS = {
+    "tables": "table",
+    "key": "key column",
+    "target_key": "key column",
+    "databases": "database",
+    "sums": "column",
+}
 
 
 def _explain(
-    err: Mapping[str, Any], what: str, source: SourceFile, model: type[BaseModel],
-    raw_loc: tuple[str | int, ...], loc: Loc, branches: int,
+    err: Mapping[str, Any],
+    what: str,
+    source: SourceFile,
+    model: type[BaseModel],
+    raw_loc: tuple[str | int, ...],
+    loc: Loc,
+    branches: int,
 ) -> str:
     kind = err["type"]
     toml = source.path.suffix == ".toml"
@@ -509,8 +571,9 @@ def _explain(
         known = _model_keys(parent)
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         if close:
-            return f"unknown key; did you mean {close[0]!r}? (keys allowed here: " \
-                f"{', '.join(known)})"
+            return (
+                f"unknown key; did you mean {close[0]!r}? (keys allowed here: {', '.join(known)})"
+            )
         listed = f"; keys allowed here: {', '.join(known)}" if known else ""
         return f"unknown key; remove it or check its spelling{listed} (see docs/{what}.md)"
     if kind == "missing":
@@ -518,15 +581,18 @@ def _explain(
         if options:
             if toml:
                 alternatives = " or ".join(f'"{o}"' for o in options[1:])
-                return (f'required key is missing; add {name} = "{options[0]}"'
-                        + (f" (or {alternatives})" if alternatives else ""))
+                return f'required key is missing; add {name} = "{options[0]}"' + (
+                    f" (or {alternatives})" if alternatives else ""
+                )
             alternatives = " or ".join(str(o) for o in options[1:])
-            return (f"required key is missing; add {name}: {options[0]}"
-                    + (f" (or {alternatives})" if alternatives else ""))
+            return f"required key is missing; add {name}: {options[0]}" + (
+                f" (or {alternatives})" if alternatives else ""
+            )
         if toml and _model_keys(tp):
             section = _dotted(loc)
             return f"required table is missing; add a [{section}] table" + (
-                f" ({description})" if description else "")
+                f" ({description})" if description else ""
+            )
         hint = f" ({description})" if description else ""
         return f"required key is missing; add it{hint}"
     if kind == "union_mismatch":
@@ -574,8 +640,10 @@ def load_mapping(path: Path) -> MappingFile:
 def _load(path: Path) -> tuple[MappingFile, SourceFile]:
     source = load_yaml(path)
     if not isinstance(source.data, dict):
-        raise ConfigError(f"{source.where(())}: a mapping file must be a YAML mapping "
-                          "with group, direction and tables")
+        raise ConfigError(
+            f"{source.where(())}: a mapping file must be a YAML mapping "
+            "with group, direction and tables"
+        )
     try:
         return MappingFile.model_validate(source.data), source
     except ValidationError as exc:
@@ -590,8 +658,9 @@ def load_mappings(directory: Path) -> dict[str, MappingFile]:
 def load_mapping_sources(directory: Path) -> dict[str, tuple[MappingFile, SourceFile]]:
     """Like `load_mappings`, with each group's parsed file (for messages that need lines)."""
     if not directory.is_dir():
-        raise ConfigError(f"mapping directory {directory} does not exist; "
-                          "set mappings = \"...\" in replicator.toml")
+        raise ConfigError(
+            f'mapping directory {directory} does not exist; set mappings = "..." in replicator.toml'
+        )
     groups: dict[str, tuple[MappingFile, SourceFile]] = {}
     for path in sorted(directory.glob("*.y*ml")):
         mapping, source = _load(path)

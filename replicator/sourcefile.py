@@ -101,8 +101,10 @@ def _yaml_hint(problem: str) -> str:
     if "\\t" in problem or "\t" in problem:
         return "indent with spaces, not tabs"
     if "block" in problem or "mapping values are not allowed" in problem or "indent" in problem:
-        return ("the indentation of this line does not match the lines around it; keys of one "
-                "mapping start in the same column (indent with spaces)")
+        return (
+            "the indentation of this line does not match the lines around it; keys of one "
+            "mapping start in the same column (indent with spaces)"
+        )
     if "quot" in problem or "scalar" in problem:
         return "close the quotes, or quote a value that contains ': ' or starts with { [ * & ! %"
     return "check indentation, colons and quotes"
@@ -138,8 +140,7 @@ def _yaml_error(path: Path, text: str, exc: yaml.MarkedYAMLError) -> str:
     where = f"{path}:{mark.line + 1}" if mark else str(path)
     quoted = _line_text(text, mark.line + 1) if mark else None
     shown = f" in {quoted!r}" if quoted else ""
-    return (f"{where}: invalid YAML: {problem}{context}{shown}; "
-            f"{_yaml_hint(problem + context)}")
+    return f"{where}: invalid YAML: {problem}{context}{shown}; {_yaml_hint(problem + context)}"
 
 
 _TOML_AT = re.compile(r"\s*\(at line (\d+), column \d+\)$|\s*\(at end of document\)$")

@@ -59,12 +59,13 @@ class Databases:
 
     def __getitem__(self, name: str) -> Backend:
         if name not in self._open:
-            self._open[name] = open_backend(self.settings.url(name), self.node(name))
+            self._open[name] = open_backend(
+                self.settings.url(name), self.node(name), self.settings.config.sync.lock_timeout_ms
+            )
         return self._open[name]
 
     def node(self, name: str) -> str:
-        """The stable identity written as origin: the same name in every node's config."""
-        return self.settings.config.databases[name].node or name
+        return self.settings.node(name)
 
     def close(self) -> None:
         for backend in self._open.values():
@@ -78,8 +79,8 @@ class JobRunner:
         self.group: MappingFile = settings.groups[job.group]
         self.source = databases[job.source]
         self.target = databases[job.target]
-        self.source_node = databases.node(job.source)
-        self.target_node = databases.node(job.target)
+        self.source_node = job.source_node
+        self.target_node = job.target_node
         self.page_rows = settings.config.sync.page_rows
         self.batch_rows = settings.config.sync.batch_rows
         self.where = f"group {job.group!r} ({settings.config.mappings / (job.group + '.yaml')})"

@@ -461,3 +461,39 @@ def test_refused_delete_is_quarantined_not_fatal(
     assert [r[0] for r in rows(target, "item")] == [1, 2, 4, 5]
     assert open_quarantine(node) == [("item", "[2]")]
     node.close()
+
+
+def test_two_services_share_a_job_whatever_they_call_the_databases(
+    pg_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """The register's own service and the server's service run the same job: they share its
+    watermark (and lock) because both name the databases' nodes the same way."""
+    source, target = pg_database(), pg_database()
+    execute(source, ITEM_DDL)
+    execute(target, ITEM_DDL)
+    on_register = write_node(
+        tmp_path / "a", server=target, register=source, mappings={"itens": ITEMS}
+    )
+    on_server = tmp_path / "b" / "replicator.toml"
+    on_server.parent.mkdir()
+    (tmp_path / "b" / "mappings").symlink_to(tmp_path / "a" / "mappings")
+    on_server.write_text(
+        on_register.read_text("utf-8")
+        .replace("[databases.server]", '[databases.servidor]\nnode = "server"')
+        .replace("[databases.caixa]", '[databases.pdv3]\nnode = "caixa"'),
+        "utf-8",
+    )
+    a, b = Node(on_register), Node(on_server)
+    a.setup()
+    execute(
+        source, "INSERT INTO item (id, name, qty) SELECT g, 'n', g FROM generate_series(1, 9) g"
+    )
+    assert moved(a.sync()) == 9
+    assert [j.name for j in a.settings.jobs()] == [j.name for j in b.settings.jobs()]
+    assert moved(b.sync()) == 0, "the second service must not apply the same changes again"
+    execute(source, "UPDATE item SET qty = 0 WHERE id = 1")
+    assert moved(b.sync()) == 1
+    assert moved(a.sync()) == 0
+    assert rows(target, "item") == rows(source, "item")
+    a.close()
+    b.close()

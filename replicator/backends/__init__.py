@@ -8,17 +8,17 @@ from replicator.backends.base import Backend
 from replicator.errors import ConfigError
 
 
-def open_backend(url: URL, node: str) -> Backend:
+def open_backend(url: URL, node: str, lock_timeout_ms: int = 2000) -> Backend:
     """The backend for a database URL (the password stays inside the URL object)."""
     kind = url.get_backend_name()
     if kind == "postgresql":
         from replicator.backends.postgresql import PostgreSQLBackend
 
-        return PostgreSQLBackend(url, node)
+        return PostgreSQLBackend(url, node, lock_timeout_ms)
     if kind == "sqlite":
         from replicator.backends.sqlite import SQLiteBackend
 
-        return SQLiteBackend(url, node)
+        return SQLiteBackend(url, node, lock_timeout_ms)
     raise ConfigError(f"database kind {kind!r} is not supported yet; use postgresql or sqlite")
 
 

@@ -53,9 +53,10 @@ class Backend:
     control_schema: ClassVar[str | None] = None
     control_prefix: ClassVar[str] = "replicator_"
 
-    def __init__(self, url: URL, node: str) -> None:
+    def __init__(self, url: URL, node: str, lock_timeout_ms: int = 2000) -> None:
         self.url = url
         self.node = node
+        self.lock_timeout_ms = lock_timeout_ms
         self.engine = self.create_engine(url)
         self.ct: ControlTables = control_tables(self.control_schema, self.control_prefix)
         self._tables: dict[str, sa.Table] = {}

@@ -35,7 +35,8 @@ class PostgreSQLBackend(Backend):
                 "connect_timeout": 10,
                 # Sessions in UTC: naive timestamps from SQLite registers mean UTC.
                 # Bounded waits: the replicator never queues behind a sale for long.
-                "options": "-c TimeZone=UTC -c lock_timeout=5000 -c statement_timeout=600000",
+                "options": f"-c TimeZone=UTC -c lock_timeout={self.lock_timeout_ms} "
+                "-c statement_timeout=600000",
             },
         )
 

@@ -15,8 +15,6 @@ from sqlalchemy.engine import URL, Connection, Engine
 from replicator.backends.base import Backend, Capabilities, Row, TrackedTable
 from replicator.errors import BusyError
 
-BUSY_TIMEOUT_MS = 5000
-
 
 class SQLiteBackend(Backend):
     dialect = "sqlite"
@@ -26,13 +24,14 @@ class SQLiteBackend(Backend):
     _has_session = False
 
     def create_engine(self, url: URL) -> Engine:
-        engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        busy = self.lock_timeout_ms
+        engine = sa.create_engine(url, connect_args={"timeout": busy / 1000})
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
             cur = dbapi_conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            cur.execute(f"PRAGMA busy_timeout = {int(busy)}")
             cur.execute("PRAGMA foreign_keys = ON")
             cur.close()
 
