@@ -99,7 +99,7 @@ class Reader:
             )
             result = conn.execution_options(stream_results=True, yield_per=self.page_rows)
             for page in result.execute(stmt).partitions():
-                changes.rows.extend(tuple(r) for r in page)
+                changes.rows.extend(page)  # Row objects are tuples: no per-row copy
             if plan.deletes:
                 changes.deleted = self._deleted(conn, plan, low, cut)
         if retry:

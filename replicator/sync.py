@@ -160,6 +160,12 @@ class JobRunner:
                 if read_watermarks(tconn, self.target.ct, self.job.name) != marks:
                     raise BusyError("another service advanced this job meanwhile; will read again")
                 self.applier.apply(tconn, changes, cut, result.tables)
+            rows = sum(len(c.rows) + len(c.deleted) for c in changes)
+            if rows:
+                self.log.info(
+                    "batch {}: {} changes up to version {} ({} still behind the safe bound)",
+                    result.batches + 1, rows, cut, "some" if cut < high else "none",
+                )
         except sa_exc.SQLAlchemyError as exc:
             raise self.target.classify(exc) from exc
         return cut < high
