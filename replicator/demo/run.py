@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -118,7 +120,10 @@ def run_demo(directory: Path | None, registers: int, out: Console) -> None:
             out.print(f"[red]{r.job.name}: {r.error}[/]")
     finally:
         dbs.close()
-    out.print(f"\nTry it yourself: cd {where} && replicator status && replicator sync movimento")
+    exe = shutil.which("replicator") or str(Path(sys.argv[0]).resolve())
+    out.print(
+        f"\nTry it yourself: cd {where} && {exe} status && {exe} sync movimento", markup=False
+    )
     if failed:
         raise failed[0].error  # type: ignore[misc]
 
