@@ -120,7 +120,7 @@ def run_demo(directory: Path | None, registers: int, out: Console) -> None:
             out.print(f"[red]{r.job.name}: {r.error}[/]")
     finally:
         dbs.close()
-    exe = shutil.which("replicator") or str(Path(sys.argv[0]).resolve())
+    exe = _command()
     out.print(
         f"\nTry it yourself: cd {where} && {exe} status && {exe} sync movimento", markup=False
     )
@@ -169,3 +169,12 @@ def _compare(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
             cells.append(f"{b} -> [bold]{a}[/]" if a != b else str(a))
         table.add_row(t, *cells)
     return table
+
+
+def _command() -> str:
+    """How the user can run replicator again: plain `replicator` when that is this one."""
+    me = Path(sys.argv[0])
+    if me.name != "replicator":
+        return "replicator"
+    found = shutil.which("replicator")
+    return "replicator" if found and Path(found).resolve() == me.resolve() else str(me)
