@@ -12,13 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from replicator.diagnostics import format_validation_error
 from replicator.errors import ConfigError
-from replicator.mapping import (
-    MappingFile,
-    TableMapping,
-    format_validation_error,
-    load_mapping_sources,
-)
+from replicator.mapping import MappingFile, TableMapping, load_mapping_sources
 from replicator.sourcefile import Loc, load_toml
 
 Var = str | int

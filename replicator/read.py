@@ -142,19 +142,19 @@ class Reader:
         sent_deletes = {key_text(k) for k in changes.deleted}
         exprs = [plan.expression(k) for k in plan.target_key]
         found: set[str] = set()
-        for part in chunks(
-            keys, max(1, self.source.capabilities.max_bind_params // 2 // len(exprs))
-        ):
-            stmt = (
-                sa.select(*plan.select, plan.version)
-                .where(sa.tuple_(*exprs).in_([tuple(k) for k in part]), self._not_echo(plan))
-                .where(*plan.filters)
+        wanted = sa.case((sa.and_(self._not_echo(plan), *plan.filters), 1), else_=0)
+        size = max(1, self.source.capabilities.max_bind_params // 2 // len(exprs))
+        for part in chunks(keys, size):
+            stmt = sa.select(*plan.select, plan.version, wanted).where(
+                sa.tuple_(*exprs).in_([tuple(k) for k in part])
             )
             for record in conn.execute(stmt):
-                row, version = tuple(record[:-1]), record[-1]
+                row, version, send = tuple(record[:-2]), record[-2], record[-1]
                 text = key_text(plan.key_of(row))
-                found.add(text)
-                if text not in have and version is not None and version <= cut:
+                found.add(text)  # alive at the source: never a delete
+                if not send:
+                    changes.settled.add(text)  # filtered out, or came from the target
+                elif text not in have and version is not None and version <= cut:
                     changes.rows.append(row)
                     have.add(text)
         for key in keys:

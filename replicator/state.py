@@ -60,7 +60,7 @@ def control_tables(schema: str | None, prefix: str) -> ControlTables:
             sa.String(20),
             nullable=False,
             server_default="open",
-            comment="open, retried or dismissed",
+            comment="open (retried with every batch) or conflict (kept back by keep_target)",
         ),
         sa.UniqueConstraint("job", "table_name", "row_key", name=f"{prefix}quarantine_row"),
     )

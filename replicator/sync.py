@@ -148,7 +148,9 @@ class JobRunner:
                 high = self.source.safe_upper_bound(sconn)
                 cut = self.reader.cut(sconn, plans, marks, high)
                 if cut is None:
-                    return None
+                    if not parked:
+                        return None
+                    cut = high  # nothing new: still give quarantined rows their retry
                 changes = [
                     self.reader.read(sconn, p, marks.get(p.label, 0), cut, parked.get(p.label, []))
                     for p in plans
@@ -164,7 +166,10 @@ class JobRunner:
             if rows:
                 self.log.info(
                     "batch {}: {} changes up to version {} ({} still behind the safe bound)",
-                    result.batches + 1, rows, cut, "some" if cut < high else "none",
+                    result.batches + 1,
+                    rows,
+                    cut,
+                    "some" if cut < high else "none",
                 )
         except sa_exc.SQLAlchemyError as exc:
             raise self.target.classify(exc) from exc

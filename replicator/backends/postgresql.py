@@ -17,6 +17,22 @@ from replicator.errors import BusyError
 
 _stage_ids = itertools.count(1)
 
+SAFE_BOUND = """
+WITH snap AS (SELECT pg_current_snapshot() AS s),
+elsewhere AS (
+    SELECT backend_xid::text::bigint AS xid FROM pg_stat_activity
+     WHERE backend_xid IS NOT NULL AND datname IS DISTINCT FROM current_database()
+    UNION ALL
+    SELECT transaction::text::bigint FROM pg_prepared_xacts
+     WHERE database <> current_database()
+)
+SELECT coalesce(
+    (SELECT min(x::text::bigint) FROM snap, pg_snapshot_xip(snap.s) AS x
+      WHERE (x::text::bigint & 4294967295) NOT IN (SELECT xid FROM elsewhere)),
+    (SELECT pg_snapshot_xmax(s)::text::bigint FROM snap)
+) - 1
+"""
+
 
 class PostgreSQLBackend(Backend):
     dialect = "postgresql"
@@ -62,11 +78,14 @@ class PostgreSQLBackend(Backend):
         )
 
     def safe_upper_bound(self, conn: Connection) -> int:
-        # Every transaction id below the snapshot's xmin has ended: rows stamped with it are
-        # final. A transaction that took an older id and is still open holds this bound back.
-        value = conn.exec_driver_sql(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1"
-        ).scalar()
+        # Every transaction id below the snapshot's horizon has ended: rows stamped with it
+        # are final. A transaction of this database that took an older id and is still open
+        # holds the bound back (so its late commit is never skipped). Transaction ids are
+        # cluster-wide, so open transactions of *other* databases are left out: an id in the
+        # snapshot that is seen running in another database was there at snapshot time too
+        # (ids never move), so skipping it is safe; one that cannot be placed (ended since,
+        # or hidden without pg_read_all_stats) counts, so the bound only errs low.
+        value = conn.exec_driver_sql(SAFE_BOUND).scalar()
         return int(value or 0)
 
     def prepare_ddl(self) -> list[str]:
