@@ -70,30 +70,14 @@ class Applier:
 
         bad = self._bisect(conn, ch.rows, write)
         for key in kept:
-            quarantine_row(
-                conn,
-                self.target.ct,
-                self.job,
-                plan.label,
-                list(key),
-                None,
-                CONFLICT,
-                status="conflict",
-            )
+            self._quarantine(conn, plan.label, key, None, CONFLICT, status="conflict")
         out = set()
         for row, reason in bad:
             key = plan.key_of(row)
             out.add(key_text(key))
-            quarantine_row(
-                conn,
-                self.target.ct,
-                self.job,
-                plan.label,
-                list(key),
-                dict(zip(plan.columns, row, strict=True)),
-                reason,
+            self._quarantine(
+                conn, plan.label, key, dict(zip(plan.columns, row, strict=True)), reason
             )
-            self.log.bind(table=plan.label).warning("quarantined {}: {}", list(key), reason)
         return out, len(kept)
 
     def _deletes(self, conn: Connection, ch: Changes) -> set[str]:
@@ -105,17 +89,21 @@ class Applier:
         out = set()
         for key, reason in self._bisect(conn, ch.deleted, delete):
             out.add(key_text(key))
-            quarantine_row(
-                conn,
-                self.target.ct,
-                self.job,
-                plan.label,
-                list(key),
-                None,
-                f"delete refused: {reason}",
-            )
-            self.log.bind(table=plan.label).warning("delete quarantined {}: {}", list(key), reason)
+            self._quarantine(conn, plan.label, key, None, f"delete refused: {reason}")
         return out
+
+    def _quarantine(
+        self,
+        conn: Connection,
+        table: str,
+        key: Row,
+        row: dict[str, Any] | None,
+        reason: str,
+        status: str = "open",
+    ) -> None:
+        quarantine_row(conn, self.target.ct, self.job, table, list(key), row, reason, status)
+        if status == "open":
+            self.log.bind(table=table).warning("quarantined {}: {}", list(key), reason)
 
     def _bisect(
         self, conn: Connection, items: Sequence[T], fn: Callable[[Sequence[T]], None]

@@ -273,17 +273,8 @@ class Backend:
         if not keys:
             return 0
         where = sa.and_(*[table.c[k] == sa.bindparam(f"k_{i}") for i, k in enumerate(key)])
-        stmt: Any
-        if soft_column:
-            stmt = (
-                sa.update(table)
-                .where(where, table.c[soft_column].is_distinct_from(sa.true()))
-                .values({soft_column: sa.true()})
-            )
-        else:
-            stmt = sa.delete(table).where(where)
         params = [{f"k_{i}": v for i, v in enumerate(k)} for k in keys]
-        conn.execute(stmt, params)
+        conn.execute(delete_statement(table, where, soft_column), params)
         return len(keys)
 
     # --- errors --------------------------------------------------------------------------
@@ -301,6 +292,19 @@ class Backend:
     def is_row_error(exc: BaseException) -> bool:
         """A failure caused by the data of some row (quarantine it), not by the database."""
         return isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError)
+
+
+def delete_statement(
+    table: sa.Table, where: sa.ColumnElement[bool], soft_column: str | None
+) -> Any:
+    """DELETE the matching rows, or mark them in the soft-delete column."""
+    if soft_column:
+        return (
+            sa.update(table)
+            .where(where, table.c[soft_column].is_distinct_from(sa.true()))
+            .values({soft_column: sa.true()})
+        )
+    return sa.delete(table).where(where)
 
 
 def first_line(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ from psycopg import sql
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine
 
-from replicator.backends.base import Backend, Capabilities, Row
+from replicator.backends.base import Backend, Capabilities, Row, delete_statement
 from replicator.errors import BusyError
 
 _stage_ids = itertools.count(1)
@@ -142,13 +142,4 @@ class PostgreSQLBackend(Backend):
             return 0
         staged = self.stage(conn, table, key, keys)
         match = sa.and_(*[table.c[k] == staged.c[k] for k in key])
-        stmt: Any
-        if soft_column:
-            stmt = (
-                sa.update(table)
-                .where(match, table.c[soft_column].is_distinct_from(sa.true()))
-                .values({soft_column: sa.true()})
-            )
-        else:
-            stmt = sa.delete(table).where(match)
-        return int(conn.execute(stmt).rowcount or 0)
+        return int(conn.execute(delete_statement(table, match, soft_column)).rowcount or 0)
