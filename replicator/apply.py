@@ -3,19 +3,40 @@ quarantined (found by bisection) while the rest goes on, all in the caller's tra
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from loguru import logger
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
 from replicator.backends import Backend
 from replicator.backends.base import Row
-from replicator.read import Changes, key_text
-from replicator.state import quarantine_row, resolve_quarantine, save_progress
+from replicator.errors import PermanentError
+from replicator.read import Changes
+from replicator.state import key_text, quarantine_row, resolve_quarantine, save_progress
 
 T = TypeVar("T")
+MAX_BAD_ROWS = 200  # refused rows per table and batch before the batch fails instead
+MAX_BISECT_SECONDS = 30.0
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.bad = 0
+        self.started = time.monotonic()
+        self.first: str | None = None
+
+    def spend(self, reason: str) -> None:
+        self.first = self.first or reason
+        if self.bad >= MAX_BAD_ROWS or time.monotonic() - self.started > MAX_BISECT_SECONDS:
+            raise PermanentError(
+                f"the target refuses too many rows ({self.bad}+ in one batch), so this looks "
+                f"like a schema mismatch rather than a few bad rows; first reason: {self.first}"
+                " -- fix the target table or the mapping, then run again"
+            )
+
+
 CONFLICT = "conflict: the target row differs and the rule is keep_target"
 
 
@@ -108,18 +129,36 @@ class Applier:
     def _bisect(
         self, conn: Connection, items: Sequence[T], fn: Callable[[Sequence[T]], None]
     ) -> list[tuple[T, str]]:
-        """Apply `items`; on a row error split in halves until the bad ones are alone."""
+        """Apply `items`; on a row error split in halves until the bad ones are alone.
+
+        Bounded: past MAX_BAD_ROWS refused rows or MAX_BISECT_SECONDS the batch fails loudly
+        (a schema mismatch, not a few bad rows) instead of holding the target's lock."""
+        budget = _Budget()
+        return self._split(conn, items, fn, budget)
+
+    def _split(
+        self,
+        conn: Connection,
+        items: Sequence[T],
+        fn: Callable[[Sequence[T]], None],
+        budget: _Budget,
+    ) -> list[tuple[T, str]]:
         try:
             with conn.begin_nested():
                 fn(items)
             return []
-        except sa_exc.SQLAlchemyError as exc:
+        except Exception as exc:  # driver, SQLAlchemy or value errors: sorted just below
             if not self.target.is_row_error(exc):
                 raise
+            reason = str(self.target.classify(exc).args[0])
+            budget.spend(reason)
             if len(items) == 1:
-                return [(items[0], str(self.target.classify(exc).args[0]))]
+                budget.bad += 1
+                return [(items[0], reason)]
         mid = len(items) // 2
-        return self._bisect(conn, items[:mid], fn) + self._bisect(conn, items[mid:], fn)
+        return self._split(conn, items[:mid], fn, budget) + self._split(
+            conn, items[mid:], fn, budget
+        )
 
     def _settle(self, conn: Connection, ch: Changes, failed: set[str]) -> None:
         """Quarantined keys that went through this time (or have nothing left to send)."""

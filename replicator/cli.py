@@ -158,11 +158,11 @@ def check(ctx: Ctx) -> None:
     report.warnings = list(dict.fromkeys(report.warnings))
     report.errors = list(dict.fromkeys(report.errors))
     for line in report.checked:
-        out.print(f"ok       {line}", markup=False)
+        out.print(f"ok       {mask(line)}", markup=False)
     for line in report.warnings:
-        out.print(f"warning  {line}", markup=False)
+        out.print(f"warning  {mask(line)}", markup=False)
     for line in report.errors:
-        err.print(f"error    {line}", markup=False)
+        err.print(f"error    {mask(line)}", markup=False)
     if not report.ok:
         from replicator.errors import CheckError
 
@@ -196,7 +196,7 @@ def sync(ctx: Ctx, groups: tuple[str, ...], max_batches: int | None) -> None:
         if res.error or res.skipped:
             table.add_row(res.job.name, "-", "-", "-", "-", "-", end_section=True)
             msg = f"{res.job.name}: {'skipped: ' + res.skipped if res.skipped else res.error}"
-            err.print(msg, markup=False)
+            err.print(mask(msg), markup=False)
             failed = failed or res.error
             continue
         for name, t in res.tables.items():

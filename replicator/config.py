@@ -62,7 +62,8 @@ class DatabaseConfig(Strict):
                 "not a database URL; write e.g. postgresql+psycopg://user@host/db or "
                 "sqlite:///path/file.db"
             ) from None
-        if url.password:
+        secret = [k for k in url.query if k.lower() in {"password", "passwd", "pwd", "passfile"}]
+        if url.password or secret:
             raise ValueError(
                 "the URL contains a password; remove it and set password_env or password_file"
             )

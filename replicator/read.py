@@ -4,24 +4,19 @@ Everything here runs inside one source snapshot (`Backend.read_snapshot`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from replicator.backends import Backend
 from replicator.backends.base import ORIGIN_COLUMN, Row, chunks
+from replicator.errors import PermanentError
+from replicator.state import key_text
 from replicator.transform import TablePlan, decode_key
 
 RETRY_LIMIT = 1000  # quarantined keys retried per table and batch
-
-
-def key_text(key: Sequence[Any]) -> str:
-    """The one text form of a key, as stored in the quarantine table."""
-    return json.dumps(list(key), default=str, ensure_ascii=False)
 
 
 @dataclass
@@ -89,6 +84,17 @@ class Reader:
         self, conn: Connection, plan: TablePlan, low: int, cut: int, retry: list[Row]
     ) -> Changes:
         """Rows changed in (low, cut], deleted keys, and the quarantined keys to retry."""
+        try:
+            return self._read(conn, plan, low, cut, retry)
+        except (ValueError, TypeError) as exc:  # a stored value the driver cannot convert
+            raise PermanentError(
+                f"{self.source.display_url}: table {plan.mapping.source!r}: a value could not "
+                f"be read ({exc}); correct that row at the source"
+            ) from exc
+
+    def _read(
+        self, conn: Connection, plan: TablePlan, low: int, cut: int, retry: list[Row]
+    ) -> Changes:
         changes = Changes(plan, low)
         if low < cut:
             stmt = (

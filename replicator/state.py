@@ -7,6 +7,7 @@ reviews and `setup` installs the same thing.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -77,11 +78,21 @@ def control_tables(schema: str | None, prefix: str) -> ControlTables:
     return ControlTables(md, state, quarantine, tombstone)
 
 
+def key_text(key: Sequence[Any]) -> str:
+    """The one text form of a key, as stored in the quarantine table (ASCII-only JSON, so
+    even text that was not valid UTF-8 at the source can be stored and matched)."""
+    return json.dumps(list(key), default=str)
+
+
 def read_watermarks(conn: Connection, ct: ControlTables, job: str) -> dict[str, int]:
     rows = conn.execute(
         sa.select(ct.state.c.table_name, ct.state.c.version).where(ct.state.c.job == job)
     )
     return {name: int(version) for name, version in rows}
+
+
+def reset_watermarks(conn: Connection, ct: ControlTables, job: str) -> None:
+    conn.execute(sa.update(ct.state).where(ct.state.c.job == job).values(version=0))
 
 
 def save_progress(
@@ -131,12 +142,12 @@ def quarantine_row(
     """Record a row the target refused (status open: retried with every batch) or a conflict
     kept back by the keep_target rule (status conflict: reported, not retried)."""
     now = datetime.now(UTC)
-    key_text = json.dumps(key, default=str, ensure_ascii=False)
-    data = json.dumps(row, default=str, ensure_ascii=False) if row is not None else None
+    text = key_text(key)
+    data = json.dumps(row, default=str) if row is not None else None
     q = ct.quarantine.c
     done = conn.execute(
         sa.update(ct.quarantine)
-        .where(q.job == job, q.table_name == table, q.row_key == key_text)
+        .where(q.job == job, q.table_name == table, q.row_key == text)
         .values(row_data=data, reason=reason, last_seen=now, attempts=q.attempts + 1, status=status)
     )
     if done.rowcount == 0:
@@ -144,7 +155,7 @@ def quarantine_row(
             sa.insert(ct.quarantine).values(
                 job=job,
                 table_name=table,
-                row_key=key_text,
+                row_key=text,
                 row_data=data,
                 version=0,
                 reason=reason,
@@ -164,7 +175,7 @@ def open_quarantine(
     stmt = (
         sa.select(q.table_name, q.row_key)
         .where(q.job == job, q.status == "open")
-        .order_by(q.table_name, q.first_seen)
+        .order_by(q.table_name, q.last_seen)  # least recently tried first: all get a turn
     )
     for table, key in conn.execute(stmt):
         keys = out.setdefault(table, [])

@@ -24,7 +24,7 @@ from replicator.config import Job, Settings
 from replicator.errors import BusyError, ReplicatorError
 from replicator.mapping import MappingFile
 from replicator.read import RETRY_LIMIT, Reader
-from replicator.state import open_quarantine, read_watermarks
+from replicator.state import open_quarantine, read_watermarks, reset_watermarks
 from replicator.transform import TablePlan, build_plan
 
 
@@ -92,18 +92,24 @@ class JobRunner:
     # --- plans ---------------------------------------------------------------------------
     def plans(self) -> list[TablePlan]:
         if self._plans is None:
-            with self.source.engine.connect() as sconn, self.target.engine.connect() as tconn:
-                self._plans = [
-                    build_plan(
-                        m,
-                        self._reflect(self.source, sconn, m.source, "source"),
-                        self._reflect(self.target, tconn, m.target_table, "target"),
-                        self.job.vars,
-                        self.where,
-                    )
-                    for m in self.group.tables
-                ]
+            sources = self._reflect_all(
+                self.source, [m.source for m in self.group.tables], "source"
+            )
+            targets = self._reflect_all(
+                self.target, [m.target_table for m in self.group.tables], "target"
+            )
+            self._plans = [
+                build_plan(m, s, t, self.job.vars, self.where)
+                for m, s, t in zip(self.group.tables, sources, targets, strict=True)
+            ]
         return self._plans
+
+    def _reflect_all(self, backend: Backend, names: list[str], side: str) -> list[sa.Table]:
+        try:
+            with backend.engine.connect() as conn:
+                return [self._reflect(backend, conn, name, side) for name in names]
+        except sa_exc.SQLAlchemyError as exc:
+            raise backend.classify(exc) from exc
 
     def _reflect(self, backend: Backend, conn: Connection, name: str, side: str) -> sa.Table:
         try:
@@ -116,9 +122,10 @@ class JobRunner:
 
     # --- the job -------------------------------------------------------------------------
     def run(self, max_batches: int | None = None) -> JobResult:
-        result = JobResult(self.job, {p.label: TableResult() for p in self.plans()})
+        result = JobResult(self.job, {m.label: TableResult() for m in self.group.tables})
         started = time.perf_counter()
         try:
+            self.plans()
             while max_batches is None or result.batches < max_batches:
                 more = self.batch(result)
                 if more is None:
@@ -146,6 +153,9 @@ class JobRunner:
         try:
             with self.source.read_snapshot() as sconn:
                 high = self.source.safe_upper_bound(sconn)
+                if marks and max(marks.values()) > high:
+                    self._restart(marks, high)
+                    return True
                 cut = self.reader.cut(sconn, plans, marks, high)
                 if cut is None:
                     if not parked:
@@ -174,6 +184,21 @@ class JobRunner:
         except sa_exc.SQLAlchemyError as exc:
             raise self.target.classify(exc) from exc
         return cut < high
+
+    def _restart(self, marks: dict[str, int], high: int) -> None:
+        """The source's versions went back below what was applied: it was restored from a
+        backup or rebuilt. Replay everything it has; upserts make that safe (no duplicates)."""
+        self.log.warning(
+            "source {} is behind this job's progress (version {} < {}): restored from a "
+            "backup? replaying all of its rows from the start",
+            self.source.display_url,
+            high,
+            max(marks.values()),
+        )
+        with self.target.write(self.job.name) as tconn:
+            if read_watermarks(tconn, self.target.ct, self.job.name) != marks:
+                raise BusyError("another service advanced this job meanwhile; will read again")
+            reset_watermarks(tconn, self.target.ct, self.job.name)
 
     def _target_state(self) -> tuple[dict[str, int], dict[str, list[Row]]]:
         """Watermarks and the quarantined keys to retry, read without holding any lock."""
@@ -235,20 +260,20 @@ def run_jobs(
     databases: Databases | None = None,
     max_batches: int | None = None,
 ) -> list[JobResult]:
+    """Run each job once; a failing job is reported and the others still run."""
     own = databases is None
     dbs = databases or Databases(settings)
     try:
         out = []
         for job in jobs:
             try:
-                runner = JobRunner(settings, dbs, job)
-                out.append(runner.run(max_batches))
+                out.append(JobRunner(settings, dbs, job).run(max_batches))
             except ReplicatorError as exc:
                 logger.bind(job=job.name).error("failed: {}", exc)
                 out.append(JobResult(job, error=exc))
-            except sa_exc.SQLAlchemyError as exc:
-                err = dbs[job.target].classify(exc)
-                logger.bind(job=job.name).error("failed: {}", err)
+            except Exception as exc:  # a bug: log the traceback, keep the other jobs going
+                logger.bind(job=job.name).exception("unexpected error")
+                err = ReplicatorError(f"unexpected {type(exc).__name__}: {exc}")
                 out.append(JobResult(job, error=err))
         return out
     finally:

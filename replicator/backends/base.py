@@ -6,6 +6,7 @@ must be idempotent: applying the same rows or deletes twice leaves the target un
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -66,7 +67,8 @@ class Backend:
 
     @property
     def display_url(self) -> str:
-        return self.url.render_as_string(hide_password=True)
+        """The URL for messages: no password, no query string (where secrets may hide)."""
+        return self.url.set(query={}).render_as_string(hide_password=True)
 
     def create_engine(self, url: URL) -> Engine:
         return sa.create_engine(url)
@@ -133,22 +135,32 @@ class Backend:
         """The statements that track changes of one table, from sql/<dialect>/tracking.sql."""
         text = resources.files("replicator.sql").joinpath(self.dialect, "tracking.sql")
         template = text.read_text(encoding="utf-8")
-        names = self.tracking_names(table)
+        names = self.tracking_names(table, conn)
         return [chunk.format(**names) for chunk in split_sql(template)]
 
-    def tracking_names(self, table: TrackedTable) -> dict[str, str]:
+    def tracking_names(self, table: TrackedTable, conn: Connection | None) -> dict[str, str]:
+        """Quoted names for the template. Object names carry a hash of the full table name,
+        so tables whose names differ only past the length limit or in case never share."""
         q = self.quote
-        bare = table.name.rpartition(".")[2]
-        slug = re.sub(r"[^a-z0-9_]", "_", table.name.lower())[:40]
+        digest = hashlib.sha1(table.name.encode()).hexdigest()[:8]
+        slug = re.sub(r"[^a-z0-9_]", "_", table.name.rpartition(".")[2].lower())[:24]
+        slug = f"{slug}_{digest}"
+        old = [f"OLD.{q(k)}" for k in table.key]
+        new = [f"NEW.{q(k)}" for k in table.key]
         return {
             "table": self.quote_table(table.name),
             "table_name_literal": "'" + table.name.replace("'", "''") + "'",
             "version": q(table.version),
             "origin": q(table.origin),
             "key_columns": ", ".join(q(k) for k in table.key),
-            "old_key_columns": ", ".join(f"OLD.{q(k)}" for k in table.key),
-            "key_match_new": " AND ".join(f"{q(k)} = NEW.{q(k)}" for k in table.key),
-            "version_index": q(f"{bare}_{table.version}_idx"[:63]),
+            "old_key_columns": ", ".join(old),
+            "key_match_new": " AND ".join(
+                f"{q(k)} IS {n}" for k, n in zip(table.key, new, strict=True)
+            ),
+            "key_changed": " OR ".join(
+                f"{o} IS DISTINCT FROM {n}" for o, n in zip(old, new, strict=True)
+            ),
+            "version_index": q(f"repl_{slug}_idx"),
             "tombstone_table": self.quote_table(self.ct.tombstone.fullname),
             "stamp_function": f"{self.quote(self.control_schema or '')}.{q('stamp_' + slug)}",
             "tombstone_function": f"{self.quote(self.control_schema or '')}."
@@ -156,6 +168,7 @@ class Backend:
             "stamp_trigger": q(f"replicator_stamp_{slug}"),
             "insert_trigger": q(f"replicator_ins_{slug}"),
             "update_trigger": q(f"replicator_upd_{slug}"),
+            "rekey_trigger": q(f"replicator_rekey_{slug}"),
             "tombstone_trigger": q(f"replicator_del_{slug}"),
         }
 
@@ -218,7 +231,9 @@ class Backend:
         others = [c for c in columns if c not in key]
         if conflict.rule == "keep_target" or not others:
             return insert.on_conflict_do_nothing(index_elements=list(key))
-        changed = sa.or_(*[table.c[c].is_distinct_from(excluded[c]) for c in others])
+        changed = sa.or_(
+            *[comparable(table.c[c]).is_distinct_from(comparable(excluded[c])) for c in others]
+        )
         if conflict.rule == "newer_wins" and conflict.column:
             col = conflict.column
             changed = sa.and_(changed, sa.or_(table.c[col].is_(None), excluded[col] > table.c[col]))
@@ -282,6 +297,8 @@ class Backend:
         """Sort a driver error into transient (retry later) or permanent (stop, report)."""
         if isinstance(exc, ReplicatorError):
             return exc
+        if isinstance(exc, UnicodeError | ValueError | TypeError):
+            return PermanentError(f"{self.display_url}: bad value: {exc}")
         if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
             return TransientError(f"{self.display_url}: {first_line(exc)}")
         if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
@@ -290,8 +307,28 @@ class Backend:
 
     @staticmethod
     def is_row_error(exc: BaseException) -> bool:
-        """A failure caused by the data of some row (quarantine it), not by the database."""
-        return isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError)
+        """A failure caused by the data of some row (quarantine it), not by the database:
+        constraint violations, bad values (SQLSTATE classes 21, 22, 23), values the driver
+        cannot send (wrong Python type, text that is not valid UTF-8)."""
+        if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError):
+            return True
+        orig = getattr(exc, "orig", exc)
+        state = getattr(orig, "sqlstate", None) or ""
+        if state[:2] in {"21", "22", "23"}:
+            return True
+        if isinstance(orig, UnicodeError | ValueError | TypeError):
+            return True
+        return "Error binding parameter" in str(orig)
+
+
+def comparable(col: Any) -> Any:
+    """Columns whose type has no equality (json, unknown types) compare as text."""
+    kind = col.type
+    if isinstance(kind, sa.types.NullType) or (
+        isinstance(kind, sa.JSON) and type(kind).__name__ != "JSONB"
+    ):
+        return sa.cast(col, sa.Text)
+    return col
 
 
 def delete_statement(

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from psycopg import sql
+from psycopg.types.json import Jsonb
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine
 
 from replicator.backends.base import Backend, Capabilities, Row, delete_statement
 from replicator.errors import BusyError
-
-_stage_ids = itertools.count(1)
 
 SAFE_BOUND = """
 WITH snap AS (SELECT pg_current_snapshot() AS s),
@@ -98,22 +99,35 @@ class PostgreSQLBackend(Backend):
     def stage(
         self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
     ) -> sa.TableClause:
-        name = f"replicator_stage_{next(_stage_ids)}"
+        """COPY rows into a temporary table shaped like the target's columns.
+
+        One stage per target table and column list, emptied and reused within the transaction
+        (a new table per attempt would hold a lock slot each until commit)."""
+        digest = hashlib.sha1(f"{table.fullname}:{','.join(columns)}".encode()).hexdigest()
+        name = f"replicator_stage_{digest[:12]}"
         raw = conn.connection.driver_connection
         assert raw is not None
         target = sql.Identifier(*([table.schema] if table.schema else []), table.name)
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-        with raw.cursor() as cur:
-            cur.execute(
-                sql.SQL(
-                    "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA"
-                ).format(sql.Identifier(name), cols, target)
-            )
-            with cur.copy(
-                sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(name), cols)
-            ) as copy:
-                for row in rows:
-                    copy.write_row(row)
+        as_json = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, sa.JSON)]
+        try:
+            with raw.cursor() as cur:
+                cur.execute(
+                    sql.SQL(
+                        "CREATE TEMPORARY TABLE IF NOT EXISTS {} ON COMMIT DROP AS "
+                        "SELECT {} FROM {} WITH NO DATA"
+                    ).format(sql.Identifier(name), cols, target)
+                )
+                cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
+                with cur.copy(
+                    sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(name), cols)
+                ) as copy:
+                    for row in rows:
+                        copy.write_row(_json_values(row, as_json) if as_json else row)
+        except psycopg.Error as exc:  # raw cursor: give it SQLAlchemy's shape like the rest
+            raise sa_exc.DBAPIError.instance(
+                f"COPY {name}", None, exc, psycopg.Error, connection_invalidated=raw.closed
+            ) from exc
         return sa.table(name, *[sa.column(c) for c in columns])
 
     def write_rows(
@@ -143,3 +157,12 @@ class PostgreSQLBackend(Backend):
         staged = self.stage(conn, table, key, keys)
         match = sa.and_(*[table.c[k] == staged.c[k] for k in key])
         return int(conn.execute(delete_statement(table, match, soft_column)).rowcount or 0)
+
+
+def _json_values(row: Row, positions: list[int]) -> Row:
+    """Python dicts and lists for json/jsonb columns travel as JSON."""
+    values = list(row)
+    for i in positions:
+        if values[i] is not None and not isinstance(values[i], str):
+            values[i] = Jsonb(values[i])
+    return tuple(values)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +32,9 @@ class SQLiteBackend(Backend):
         @event.listens_for(engine, "connect")
         def _connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            # Text that is not valid UTF-8 is read (not an error for the whole table) and then
+            # refused by the target for that row alone, which quarantines it with its reason.
+            dbapi_conn.text_factory = _text
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout = {int(busy)}")
             cur.execute("PRAGMA foreign_keys = ON")
@@ -77,13 +82,21 @@ class SQLiteBackend(Backend):
         if conn is None or not self.has_table(conn, table.name):
             return statements
         existing = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
-        names = self.tracking_names(table)
+        names = self.tracking_names(table, conn)
         skip = {
             f"ALTER TABLE {names['table']} ADD COLUMN {self.quote(c)}"
             for c in (table.version, table.origin)
             if c in existing
         }
         return [s for s in statements if not any(s.startswith(p) for p in skip)]
+
+    def tracking_names(self, table: TrackedTable, conn: Connection | None) -> dict[str, str]:
+        names = super().tracking_names(table, conn)
+        # SQLite spells IS DISTINCT FROM as IS NOT.
+        names["key_changed"] = names["key_changed"].replace(" IS DISTINCT FROM ", " IS NOT ")
+        if not (conn is not None and _without_rowid(conn, table.name)):
+            names["key_match_new"] = "rowid = NEW.rowid"  # the row itself, no key lookup
+        return names
 
     def mark_origin(self, conn: Connection, origin: str | None) -> None:
         if self._tracked(conn):
@@ -123,13 +136,39 @@ class SQLiteBackend(Backend):
         return super().delete(conn, table, key, [adapt_row(k) for k in keys], soft_column)
 
 
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+_PLAIN = (str, int, float, bytes, Decimal, date, type(None))  # datetime is a date
+
+
 def adapt_row(row: Row) -> Row:
-    """SQLite keeps no time zone: store aware timestamps as UTC (read back as UTC)."""
-    if not any(isinstance(v, datetime) and v.tzinfo is not None for v in row):
+    """Values SQLite can store: aware timestamps as UTC (read back as UTC), uuid, time and
+    other objects as text, dicts and lists as JSON text."""
+    if all(isinstance(v, _PLAIN) and not _aware(v) for v in row):
         return row
-    return tuple(
-        v.astimezone(UTC).replace(tzinfo=None)
-        if isinstance(v, datetime) and v.tzinfo is not None
-        else v
-        for v in row
-    )
+    return tuple(_adapt(v) for v in row)
+
+
+def _aware(value: object) -> bool:
+    return isinstance(value, datetime) and value.tzinfo is not None
+
+
+def _adapt(value: Any) -> Any:
+    if _aware(value):
+        return value.astimezone(UTC).replace(tzinfo=None)
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, time):
+        return value.isoformat()
+    return str(value)
+
+
+def _without_rowid(conn: Connection, table: str) -> bool:
+    sql = conn.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).scalar()
+    return bool(sql) and "WITHOUT ROWID" in str(sql).upper()

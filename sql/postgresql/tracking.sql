@@ -19,6 +19,12 @@ CREATE OR REPLACE FUNCTION {stamp_function}() RETURNS trigger LANGUAGE plpgsql A
 BEGIN
     NEW.{version} := pg_current_xact_id()::text::bigint;
     NEW.{origin} := nullif(current_setting('replicator.origin', true), '');
+    IF TG_OP = 'UPDATE' AND ({key_changed}) THEN
+        -- the key changed: the old key is gone for the targets
+        INSERT INTO {tombstone_table} (table_name, key, version, origin)
+        VALUES ({table_name_literal}, jsonb_build_array({old_key_columns}), NEW.{version},
+                NEW.{origin});
+    END IF;
     RETURN NEW;
 END
 $body$;

@@ -6,6 +6,7 @@
 -- {origin}: the node whose replicator wrote the row (NULL for the application's own writes).
 --   The replicator sets replicator_session.origin inside its own write transaction and clears
 --   it before commit, so other connections never see it set (no echo).
+-- An update that changes the key records the old key as deleted (rekey trigger).
 -- The database runs in WAL mode so that the replicator's reads never block a sale.
 ALTER TABLE {table} ADD COLUMN {version} INTEGER;
 
@@ -39,6 +40,18 @@ BEGIN
        SET {version} = (SELECT version FROM replicator_clock WHERE id = 1),
            {origin} = (SELECT origin FROM replicator_session WHERE id = 1)
      WHERE {key_match_new};
+END;
+
+DROP TRIGGER IF EXISTS {rekey_trigger};
+
+CREATE TRIGGER {rekey_trigger} AFTER UPDATE ON {table}
+    WHEN {key_changed}
+BEGIN
+    UPDATE replicator_clock SET version = version + 1 WHERE id = 1;
+    INSERT INTO replicator_tombstone (table_name, key, version, origin)
+    VALUES ({table_name_literal}, json_array({old_key_columns}),
+            (SELECT version FROM replicator_clock WHERE id = 1),
+            (SELECT origin FROM replicator_session WHERE id = 1));
 END;
 
 DROP TRIGGER IF EXISTS {tombstone_trigger};
