@@ -18,18 +18,18 @@ from replicator.state import key_text, quarantine_row, resolve_quarantine, save_
 
 T = TypeVar("T")
 MAX_BAD_ROWS = 200  # refused rows per table and batch before the batch fails instead
-MAX_BISECT_SECONDS = 30.0
 
 
 class _Budget:
-    def __init__(self) -> None:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self.bad = 0
         self.started = time.monotonic()
         self.first: str | None = None
 
     def spend(self, reason: str) -> None:
         self.first = self.first or reason
-        if self.bad >= MAX_BAD_ROWS or time.monotonic() - self.started > MAX_BISECT_SECONDS:
+        if self.bad >= MAX_BAD_ROWS or time.monotonic() - self.started > self.seconds:
             raise PermanentError(
                 f"the target refuses too many rows ({self.bad}+ in one batch), so this looks "
                 f"like a schema mismatch rather than a few bad rows; first reason: {self.first}"
@@ -131,9 +131,9 @@ class Applier:
     ) -> list[tuple[T, str]]:
         """Apply `items`; on a row error split in halves until the bad ones are alone.
 
-        Bounded: past MAX_BAD_ROWS refused rows or MAX_BISECT_SECONDS the batch fails loudly
-        (a schema mismatch, not a few bad rows) instead of holding the target's lock."""
-        budget = _Budget()
+        Bounded: past MAX_BAD_ROWS refused rows or the backend's bisect_seconds, the batch
+        fails loudly (a schema mismatch, not a few bad rows) instead of holding the lock."""
+        budget = _Budget(self.target.bisect_seconds)
         return self._split(conn, items, fn, budget)
 
     def _split(

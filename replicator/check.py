@@ -47,18 +47,20 @@ def run_check(settings: Settings, databases: Databases) -> Report:
             report.errors.extend(str(exc).splitlines())
             continue
         target = databases[job.target]
-        with target.engine.connect() as conn:
+        with target.engine.connect() as conn, databases[job.source].engine.connect() as sconn:
             if not target.has_table(conn, target.ct.state.fullname):
                 report.errors.append(
                     f"database {job.target!r}: control tables missing; run `replicator setup`"
                 )
             for plan in plans:
-                _check_table(report, runner.where, plan, conn)
+                _check_table(report, runner.where, plan, conn, sconn)
         report.checked.append(f"job {job.name}: {len(plans)} tables")
     return report
 
 
-def _check_table(report: Report, where: str, plan: TablePlan, conn: sa.Connection) -> None:
+def _check_table(
+    report: Report, where: str, plan: TablePlan, conn: sa.Connection, sconn: sa.Connection
+) -> None:
     prefix = f"{where}: table {plan.label!r}"
     insp = sa.inspect(conn)
     target = plan.target
@@ -71,6 +73,18 @@ def _check_table(report: Report, where: str, plan: TablePlan, conn: sa.Connectio
         for i in insp.get_indexes(target.name, schema=target.schema)
         if i.get("unique")
     ]
+    source = plan.source
+    source_unique = [list(source.primary_key.columns.keys())]
+    source_unique += [
+        u["column_names"]
+        for u in sa.inspect(sconn).get_unique_constraints(source.name, schema=source.schema)
+    ]
+    if not any(sorted(u) == sorted(plan.mapping.key) for u in source_unique if u):
+        report.errors.append(
+            f"{prefix}: key {plan.mapping.key} is not the primary key or a unique constraint "
+            f"of source table {source.name!r}; rows with equal keys would collide; set key to "
+            f"{list(source.primary_key.columns.keys()) or 'a unique column set'}"
+        )
     if not any(sorted(u) == sorted(plan.target_key) for u in unique_sets if u):
         report.errors.append(
             f"{prefix}: target key {plan.target_key} is not the primary key or a unique "
@@ -92,6 +106,16 @@ def _check_table(report: Report, where: str, plan: TablePlan, conn: sa.Connectio
             report.warnings.append(
                 f"{prefix}: column {tcol!r}: source {source_type} may not fit target "
                 f"{target_type}; long values will be quarantined"
+            )
+        precision = getattr(target_type, "precision", None) or 0
+        if (
+            conn.dialect.name == "sqlite"
+            and isinstance(target_type, sa.Numeric)
+            and (precision > 15)
+        ):
+            report.warnings.append(
+                f"{prefix}: column {tcol!r}: SQLite keeps numbers as 64-bit floats; values "
+                f"with more than 15 digits ({target_type}) lose precision"
             )
         if not target.c[tcol].nullable and isinstance(expr, sa.Null):
             report.errors.append(

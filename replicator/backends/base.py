@@ -53,6 +53,8 @@ class Backend:
     capabilities: ClassVar[Capabilities] = Capabilities(999, False, False)
     control_schema: ClassVar[str | None] = None
     control_prefix: ClassVar[str] = "replicator_"
+    # How long a batch may spend isolating refused rows while holding the target's lock.
+    bisect_seconds: ClassVar[float] = 30.0
 
     def __init__(self, url: URL, node: str, lock_timeout_ms: int = 2000) -> None:
         self.url = url

@@ -23,6 +23,7 @@ class SQLiteBackend(Backend):
     capabilities = Capabilities(max_bind_params=32766, bulk_copy=False, schemas=False)
     control_schema = None
     control_prefix = "replicator_"
+    bisect_seconds = 5.0  # a register's write lock: sales wait meanwhile
     _has_session = False
 
     def create_engine(self, url: URL) -> Engine:
