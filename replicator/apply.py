@@ -28,7 +28,8 @@ class _Budget:
         self.first: str | None = None
 
     def spend(self, reason: str) -> None:
-        self.first = self.first or reason
+        if self.first is None:  # the clock runs from the first refusal, not the first write
+            self.first, self.started = reason, time.monotonic()
         if self.bad >= MAX_BAD_ROWS or time.monotonic() - self.started > self.seconds:
             raise PermanentError(
                 f"the target refuses too many rows ({self.bad}+ in one batch), so this looks "

@@ -135,7 +135,7 @@ def setup(ctx: Ctx, print_only: bool, names: tuple[str, ...]) -> None:
         if print_only:
             for name in targets:
                 click.echo(f"-- database {name}: {dbs[name].display_url}\n")
-                click.echo(printable(setup_script(settings, dbs, name, live=False)))
+                click.echo(printable(setup_script(settings, dbs, name)))
             return
         install(settings, dbs, targets)
         out.print(f"change tracking installed on {', '.join(targets)}")

@@ -32,11 +32,24 @@ class Changes:
 
 
 class Reader:
-    def __init__(self, source: Backend, target_node: str, batch_rows: int, page_rows: int):
+    def __init__(
+        self,
+        source: Backend,
+        target_node: str,
+        batch_rows: int,
+        page_rows: int,
+        same_kind: bool = False,
+    ):
         self.source = source
+        self.same_kind = same_kind
         self.target_node = target_node
         self.batch_rows = batch_rows
         self.page_rows = page_rows
+
+    def _as_text(self, plan: TablePlan) -> bool:
+        """Values may stay text when the target parses the same text (same kind of database)
+        and the apply never compares them in Python (keep_target does)."""
+        return self.same_kind and plan.conflict.rule != "keep_target"
 
     def _not_echo(self, plan: TablePlan) -> sa.ColumnElement[bool]:
         origin = plan.source.c[ORIGIN_COLUMN]
@@ -103,9 +116,8 @@ class Reader:
                 .where(*plan.filters)
                 .order_by(plan.version, *plan.source_key)
             )
-            result = conn.execution_options(stream_results=True, yield_per=self.page_rows)
-            for page in result.execute(stmt).partitions():
-                changes.rows.extend(page)  # Row objects are tuples: no per-row copy
+            for page in self.source.stream(conn, stmt, self.page_rows, self._as_text(plan)):
+                changes.rows.extend(page)  # rows are tuples already: no per-row copy
             if plan.deletes:
                 changes.deleted = self._deleted(conn, plan, low, cut)
         if retry:
@@ -154,7 +166,12 @@ class Reader:
             stmt = sa.select(*plan.select, plan.version, wanted).where(
                 sa.tuple_(*exprs).in_([tuple(k) for k in part])
             )
-            for record in conn.execute(stmt):
+            records = (
+                r
+                for page in self.source.stream(conn, stmt, self.page_rows, self._as_text(plan))
+                for r in page
+            )
+            for record in records:
                 row, version, send = tuple(record[:-2]), record[-2], record[-1]
                 text = key_text(plan.key_of(row))
                 found.add(text)  # alive at the source: never a delete

@@ -85,7 +85,13 @@ class JobRunner:
         self.batch_rows = settings.config.sync.batch_rows
         self.where = f"group {job.group!r} ({settings.config.mappings / (job.group + '.yaml')})"
         self._plans: list[TablePlan] | None = None
-        self.reader = Reader(self.source, self.target_node, self.batch_rows, self.page_rows)
+        self.reader = Reader(
+            self.source,
+            self.target_node,
+            self.batch_rows,
+            self.page_rows,
+            same_kind=self.source.dialect == self.target.dialect == "postgresql",
+        )
         self.applier = Applier(self.target, job.name, self.source_node)
         self.log = logger.bind(job=job.name)
 

@@ -30,16 +30,19 @@ def tracked_tables(settings: Settings) -> dict[str, DatabasePlan]:
     return plans
 
 
-def setup_script(settings: Settings, databases: Databases, name: str, live: bool) -> list[str]:
+def setup_script(settings: Settings, databases: Databases, name: str) -> list[str]:
+    """What `setup` would run on one database. Tailored to the live tables when the database
+    can be reached (existing columns, WITHOUT ROWID tables); generic when it cannot."""
     backend = databases[name]
     plan = tracked_tables(settings)[name]
     statements = [*backend.database_ddl(), *backend.prepare_ddl(), *backend.control_ddl()]
-    if live:
-        with backend.engine.connect() as conn:
-            statements += [s for t in plan.tables for s in backend.tracking_ddl(conn, t)]
-    else:
-        statements += [s for t in plan.tables for s in backend.tracking_ddl(None, t)]
-    return statements
+    try:
+        if backend.exists():
+            with backend.engine.connect() as conn:
+                return statements + [s for t in plan.tables for s in backend.tracking_ddl(conn, t)]
+    except sa_exc.SQLAlchemyError:
+        logger.bind(database=name).info("not reachable: printing the generic script")
+    return statements + [s for t in plan.tables for s in backend.tracking_ddl(None, t)]
 
 
 def install(settings: Settings, databases: Databases, names: list[str] | None = None) -> None:

@@ -75,6 +75,10 @@ class Backend:
     def create_engine(self, url: URL) -> Engine:
         return sa.create_engine(url)
 
+    def exists(self) -> bool:
+        """Whether connecting would find the database (rather than create it)."""
+        return True
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -111,6 +115,17 @@ class Backend:
 
     def lock_job(self, conn: Connection, job: str) -> None:
         """Take the per-job lock for this transaction, or raise BusyError."""
+
+    def stream(
+        self, conn: Connection, stmt: Any, page_rows: int, as_text: bool = False
+    ) -> Iterator[Sequence[Row]]:
+        """Pages of a query's rows, fetched page by page from the server.
+
+        `as_text`: a backend may return values of rich types (numbers, timestamps...) as the
+        text the target parses anyway; only used when the target is the same kind of database.
+        """
+        result = conn.execution_options(stream_results=True, yield_per=page_rows).execute(stmt)
+        yield from result.partitions()
 
     def mark_origin(self, conn: Connection, origin: str | None) -> None:
         """Tell this database's triggers who is writing (None: the application)."""

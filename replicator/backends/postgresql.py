@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -11,12 +12,32 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 from psycopg.types.json import Jsonb
+from psycopg.types.string import TextLoader
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine
 
 from replicator.backends.base import Backend, Capabilities, Row, delete_statement
 from replicator.errors import BusyError
+
+_cursor_ids = itertools.count(1)
+TEXT_TYPES = (
+    "numeric",
+    "float4",
+    "float8",
+    "money",
+    "timestamptz",
+    "timestamp",
+    "date",
+    "time",
+    "timetz",
+    "interval",
+    "uuid",
+    "json",
+    "jsonb",
+    "inet",
+    "cidr",
+)
 
 SAFE_BOUND = """
 WITH snap AS (SELECT pg_current_snapshot() AS s),
@@ -72,6 +93,26 @@ class PostgreSQLBackend(Backend):
         ).scalar()
         if not got:
             raise BusyError(f"job {job} is running in another service; skipped this turn")
+
+    def stream(
+        self, conn: Connection, stmt: Any, page_rows: int, as_text: bool = False
+    ) -> Iterator[Sequence[Row]]:
+        if not as_text:
+            yield from super().stream(conn, stmt, page_rows)
+            return
+        # PostgreSQL to PostgreSQL: numbers, timestamps, uuids, json stay in their text form
+        # from the source's output to the target's COPY input, never parsed into Python.
+        compiled = stmt.compile(
+            dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        with raw.cursor(name=f"replicator_read_{next(_cursor_ids)}") as cur:
+            for name in TEXT_TYPES:
+                cur.adapters.register_loader(name, TextLoader)
+            cur.execute(str(compiled), compiled.params)
+            while page := cur.fetchmany(page_rows):
+                yield page
 
     def mark_origin(self, conn: Connection, origin: str | None) -> None:
         conn.execute(

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -63,6 +64,10 @@ class SQLiteBackend(Backend):
                 raise
             with tx:
                 yield conn
+
+    def exists(self) -> bool:
+        name = self.url.database
+        return not name or name == ":memory:" or Path(name).exists()
 
     def prepare_ddl(self) -> list[str]:
         return [
