@@ -21,11 +21,12 @@ from replicator.backends.base import Backend, Capabilities, Row, delete_statemen
 from replicator.errors import BusyError
 
 _cursor_ids = itertools.count(1)
+# Types whose text form is the same on every PostgreSQL session of ours (UTC, ISO dates;
+# not money, whose text depends on lc_monetary).
 TEXT_TYPES = (
     "numeric",
     "float4",
     "float8",
-    "money",
     "timestamptz",
     "timestamp",
     "date",
