@@ -67,11 +67,14 @@ def raw_copy(source: str, target: str) -> float:
     with psycopg.connect(target) as t:
         t.execute("TRUNCATE sale_item")
     start = time.perf_counter()
-    with psycopg.connect(source) as s, psycopg.connect(target) as t:
-        with s.cursor().copy("COPY sale_item TO STDOUT (FORMAT binary)") as out, \
-                t.cursor().copy("COPY sale_item FROM STDIN (FORMAT binary)") as into:
-            for block in out:
-                into.write(block)
+    with (
+        psycopg.connect(source) as s,
+        psycopg.connect(target) as t,
+        s.cursor().copy("COPY sale_item TO STDOUT (FORMAT binary)") as out,
+        t.cursor().copy("COPY sale_item FROM STDIN (FORMAT binary)") as into,
+    ):
+        for block in out:
+            into.write(block)
     elapsed = time.perf_counter() - start
     with psycopg.connect(target) as t:
         t.execute("TRUNCATE sale_item")
@@ -83,7 +86,8 @@ def node(directory: Path, server: str, register: str) -> Path:
     (directory / "mappings" / "movimento.yaml").write_text(MAPPING, "utf-8")
     config = directory / "replicator.toml"
     sa_url = lambda u: u.replace("postgresql://", "postgresql+psycopg://")  # noqa: E731
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         mappings = "mappings"
         [node]
         name = "bench"
@@ -95,7 +99,9 @@ def node(directory: Path, server: str, register: str) -> Path:
         url = "{sa_url(register)}"
         [log]
         level = "WARNING"
-        """), "utf-8")
+        """),
+        "utf-8",
+    )
     return config
 
 
@@ -123,14 +129,17 @@ def main() -> None:
         first = timed(lambda: run_jobs(settings, jobs, dbs))
         with psycopg.connect(source) as c:
             c.execute("UPDATE sale_item SET quantity = quantity + 1 WHERE sale_id % 2 = 0")
-            changed = c.execute("SELECT count(*) FROM sale_item WHERE sale_id % 2 = 0"
-                                ).fetchone()[0]  # type: ignore[index]
+            changed = c.execute("SELECT count(*) FROM sale_item WHERE sale_id % 2 = 0").fetchone()[
+                0
+            ]  # type: ignore[index]
         update = timed(lambda: run_jobs(settings, jobs, dbs))
         idle = statistics.median(timed(lambda: run_jobs(settings, jobs, dbs)) for _ in range(20))
         with psycopg.connect(source) as s, psycopg.connect(target) as t:
-            q = "SELECT md5(string_agg(t::text, ',' ORDER BY sale_id, line_no)) FROM " \
-                "(SELECT sale_id, line_no, product_id, quantity, unit_price, total, sold_at, " \
+            q = (
+                "SELECT md5(string_agg(t::text, ',' ORDER BY sale_id, line_no)) FROM "
+                "(SELECT sale_id, line_no, product_id, quantity, unit_price, total, sold_at, "
                 "note FROM sale_item) t"
+            )
             assert s.execute(q).fetchone() == t.execute(q).fetchone(), "sides differ!"
         dbs.close()
 
@@ -138,8 +147,10 @@ def main() -> None:
     print(f"PostgreSQL -> PostgreSQL, {n:,} rows ({changed:,} updated)")
     print(f"  raw COPY out+in (baseline)    {rate(n, copy_s)}   1.00x")
     print(f"  replicator initial sync       {rate(n, first)}   {copy_s / first:.2f}x of COPY")
-    print(f"  replicator update sync        {rate(changed, update)}   "
-          f"{(copy_s / n) / (update / changed):.2f}x of COPY")
+    print(
+        f"  replicator update sync        {rate(changed, update)}   "
+        f"{(copy_s / n) / (update / changed):.2f}x of COPY"
+    )
     print(f"  idle cycle (nothing to do)    {idle * 1000:>10.1f} ms  (median of 20)")
 
 

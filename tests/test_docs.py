@@ -14,8 +14,9 @@ from replicator.config import Config
 from replicator.mapping import MappingFile
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-FENCE = re.compile(r"^```(?P<lang>[A-Za-z0-9_-]*)[ \t]*\n(?P<body>.*?)^```[ \t]*$",
-                   re.MULTILINE | re.DOTALL)
+FENCE = re.compile(
+    r"^```(?P<lang>[A-Za-z0-9_-]*)[ \t]*\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL
+)
 
 
 def blocks(name: str, lang: str) -> list[tuple[int, str]]:
@@ -37,8 +38,11 @@ def test_published_schema_is_current() -> None:
     )
 
 
-MAPPING_BLOCKS = [(line, body) for line, body in blocks("mappings.md", "yaml")
-                  if re.search(r"^group:", body, re.MULTILINE)]
+MAPPING_BLOCKS = [
+    (line, body)
+    for line, body in blocks("mappings.md", "yaml")
+    if re.search(r"^group:", body, re.MULTILINE)
+]
 CONFIG_BLOCKS = blocks("config.md", "toml")
 
 
@@ -47,15 +51,17 @@ def test_docs_have_examples() -> None:
     assert CONFIG_BLOCKS, "docs/config.md has no ```toml block"
 
 
-@pytest.mark.parametrize(("line", "body"), MAPPING_BLOCKS,
-                         ids=[f"mappings.md:{line}" for line, _ in MAPPING_BLOCKS])
+@pytest.mark.parametrize(
+    ("line", "body"), MAPPING_BLOCKS, ids=[f"mappings.md:{line}" for line, _ in MAPPING_BLOCKS]
+)
 def test_mapping_examples_are_valid(line: int, body: str) -> None:
     data = yaml.safe_load(body)
     assert isinstance(data, dict), f"docs/mappings.md:{line}: not a YAML mapping"
     MappingFile.model_validate(data)
 
 
-@pytest.mark.parametrize(("line", "body"), CONFIG_BLOCKS,
-                         ids=[f"config.md:{line}" for line, _ in CONFIG_BLOCKS])
+@pytest.mark.parametrize(
+    ("line", "body"), CONFIG_BLOCKS, ids=[f"config.md:{line}" for line, _ in CONFIG_BLOCKS]
+)
 def test_config_examples_are_valid(line: int, body: str) -> None:
     Config.model_validate(tomllib.loads(body))
