@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -523,3 +524,55 @@ def test_open_transaction_in_another_database_does_not_hold_back(
     assert rows(target, "item") == rows(source, "item") != []
     other.rollback()
     other.close()
+
+
+# --- 4. The register comes first --------------------------------------------------------------
+def test_reading_a_register_never_blocks_a_sale(
+    sqlite_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """While the replicator holds its read snapshot on a register, the POS still commits."""
+    source, target = sqlite_database(), sqlite_database()
+    execute(source, ITEM_DDL)
+    execute(target, ITEM_DDL)
+    node = Node(write_node(tmp_path, server=target, register=source, mappings={"itens": ITEMS}))
+    node.setup()
+    execute(source, "INSERT INTO item (id, name, qty) VALUES (1, 'n', 1)")
+    pos = sqlite3.connect(source.removeprefix("sqlite:///"), timeout=0.5)
+    with node.dbs["caixa"].read_snapshot() as snapshot:
+        assert snapshot.exec_driver_sql("SELECT count(*) FROM item").scalar() == 1
+        started = time.monotonic()
+        pos.execute("INSERT INTO item (id, name, qty) VALUES (2, 'sale', 1)")
+        pos.commit()  # would raise "database is locked" if the read blocked writers
+        assert time.monotonic() - started < 0.5
+        assert snapshot.exec_driver_sql("SELECT count(*) FROM item").scalar() == 1
+    pos.close()
+    node.sync()
+    assert rows(target, "item") == rows(source, "item")
+    node.close()
+
+
+# --- 8. Secrets stay secret ------------------------------------------------------------------
+def test_password_never_printed(pg_database: Callable[[], str], tmp_path: Path) -> None:
+    url = pg_database()
+    execute(url, ITEM_DDL)
+    config = write_node(tmp_path, url, f"sqlite:///{tmp_path / 'r.db'}", {"itens": ITEMS})
+    text = config.read_text("utf-8").replace(
+        "[databases.server]", '[databases.server]\npassword_env = "REPL_TEST_PASSWORD"'
+    )
+    text = text.replace("[databases.caixa]", '[databases.caixa]\nnode = "caixa"')
+    config.write_text(text, "utf-8")
+    execute(f"sqlite:///{tmp_path / 'r.db'}", ITEM_DDL)
+    secret = "S3cr3t-p4ss"
+    env = {**os.environ, "REPL_TEST_PASSWORD": secret}
+    base = [sys.executable, "-m", "replicator.cli", "--log-level", "DEBUG", "-c", str(config)]
+    outputs = []
+    for args in (["setup"], ["check"], ["sync"], ["status"]):
+        proc = subprocess.run(base + args, env=env, capture_output=True, text=True, timeout=120)
+        outputs.append(proc.stdout + proc.stderr)
+    # and a failure that prints the URL: the server port is wrong
+    config.write_text(text.replace("127.0.0.1:5432", "127.0.0.1:1"), "utf-8")
+    proc = subprocess.run([*base, "sync"], env=env, capture_output=True, text=True, timeout=120)
+    outputs.append(proc.stdout + proc.stderr)
+    assert proc.returncode != 0 and "127.0.0.1:1" in outputs[-1]
+    for out in outputs:
+        assert secret not in out
