@@ -177,4 +177,4 @@ def _command() -> str:
     if me.name != "replicator":
         return "replicator"
     found = shutil.which("replicator")
-    return "replicator" if found and Path(found).resolve() == me.resolve() else str(me)
+    return "replicator" if found and Path(found).resolve() == me.resolve() else str(me.absolute())
