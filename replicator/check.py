@@ -62,30 +62,14 @@ def _check_table(
     report: Report, where: str, plan: TablePlan, conn: sa.Connection, sconn: sa.Connection
 ) -> None:
     prefix = f"{where}: table {plan.label!r}"
-    insp = sa.inspect(conn)
-    target = plan.target
-    unique_sets = [list(target.primary_key.columns.keys())]
-    unique_sets += [
-        u["column_names"] for u in insp.get_unique_constraints(target.name, schema=target.schema)
-    ]
-    unique_sets += [
-        [c for c in i["column_names"] if c]
-        for i in insp.get_indexes(target.name, schema=target.schema)
-        if i.get("unique")
-    ]
-    source = plan.source
-    source_unique = [list(source.primary_key.columns.keys())]
-    source_unique += [
-        u["column_names"]
-        for u in sa.inspect(sconn).get_unique_constraints(source.name, schema=source.schema)
-    ]
-    if not any(sorted(u) == sorted(plan.mapping.key) for u in source_unique if u):
+    target, source = plan.target, plan.source
+    if not _is_unique(sconn, source, plan.mapping.key):
         report.errors.append(
             f"{prefix}: key {plan.mapping.key} is not the primary key or a unique constraint "
             f"of source table {source.name!r}; rows with equal keys would collide; set key to "
             f"{list(source.primary_key.columns.keys()) or 'a unique column set'}"
         )
-    if not any(sorted(u) == sorted(plan.target_key) for u in unique_sets if u):
+    if not _is_unique(conn, target, plan.target_key):
         report.errors.append(
             f"{prefix}: target key {plan.target_key} is not the primary key or a unique "
             f"constraint of {target.name!r}; add one, or set target_key to its primary key "
@@ -147,6 +131,19 @@ def _check_table(
             f"{prefix}: target columns {missing} are NOT NULL without "
             "default and receive no value; map them in columns"
         )
+
+
+def _is_unique(conn: sa.Connection, table: sa.Table, columns: list[str]) -> bool:
+    """Whether the columns are the primary key, a unique constraint or a unique index."""
+    insp = sa.inspect(conn)
+    sets = [list(table.primary_key.columns.keys())]
+    sets += [u["column_names"] for u in insp.get_unique_constraints(table.name, table.schema)]
+    sets += [
+        [c for c in i["column_names"] if c]
+        for i in insp.get_indexes(table.name, table.schema)
+        if i.get("unique")
+    ]
+    return any(sorted(s) == sorted(columns) for s in sets if s)
 
 
 def _sources(plan: TablePlan) -> set[str]:

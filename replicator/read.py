@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -54,6 +55,32 @@ class Reader:
     def _not_echo(self, plan: TablePlan) -> sa.ColumnElement[bool]:
         origin = plan.source.c[ORIGIN_COLUMN]
         return sa.or_(origin.is_(None), origin != self.target_node)
+
+    def _tombstones(self, plan: TablePlan, low: int) -> sa.Select[Any]:
+        """The table's tombstones after `low` that are not echoes of the target's own writes."""
+        tomb = self.source.ct.tombstone
+        return sa.select(tomb.c.version, tomb.c.key).where(
+            tomb.c.table_name == plan.mapping.source,
+            tomb.c.version > low,
+            sa.or_(tomb.c.origin.is_(None), tomb.c.origin != self.target_node),
+        )
+
+    def pending(self, conn: Connection, plan: TablePlan, low: int, cap: int) -> int:
+        """Changes this job would still send for one table (counted up to cap each)."""
+        probes: list[sa.Select[Any]] = [
+            sa.select(plan.version).where(plan.version > low, self._not_echo(plan), *plan.filters)
+        ]
+        if plan.deletes:
+            probes.append(self._tombstones(plan, low))
+        return sum(
+            int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(p.limit(cap).subquery())
+                ).scalar()
+                or 0
+            )
+            for p in probes
+        )
 
     def cut(
         self, conn: Connection, plans: Sequence[TablePlan], marks: dict[str, int], high: int
@@ -126,17 +153,8 @@ class Reader:
 
     def _deleted(self, conn: Connection, plan: TablePlan, low: int, cut: int) -> list[Row]:
         tomb = self.source.ct.tombstone
-        stmt = (
-            sa.select(tomb.c.key)
-            .where(
-                tomb.c.table_name == plan.mapping.source,
-                tomb.c.version > low,
-                tomb.c.version <= cut,
-                sa.or_(tomb.c.origin.is_(None), tomb.c.origin != self.target_node),
-            )
-            .order_by(tomb.c.version)
-        )
-        keys = list(dict.fromkeys(decode_key(k) for (k,) in conn.execute(stmt)))
+        stmt = self._tombstones(plan, low).where(tomb.c.version <= cut).order_by(tomb.c.version)
+        keys = list(dict.fromkeys(decode_key(k) for _, k in conn.execute(stmt)))
         if not keys:
             return []
         # A key deleted and inserted again is alive: the row stream carries it.

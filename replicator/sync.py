@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from replicator.apply import Applier
 from replicator.backends import Backend, open_backend
-from replicator.backends.base import ORIGIN_COLUMN, Row
+from replicator.backends.base import Row
 from replicator.config import Job, Settings
 from replicator.errors import BusyError, ReplicatorError
 from replicator.mapping import MappingFile
@@ -214,13 +214,8 @@ class JobRunner:
                     read_watermarks(conn, self.target.ct, self.job.name),
                     open_quarantine(conn, self.target.ct, self.job.name, RETRY_LIMIT),
                 )
-        except sa_exc.ProgrammingError as exc:
-            raise ReplicatorError(
-                f"{self.target.display_url}: control tables are missing; run `replicator "
-                "setup` first"
-            ) from exc
         except sa_exc.SQLAlchemyError as exc:
-            if "no such table" in str(exc):
+            if isinstance(exc, sa_exc.ProgrammingError) or "no such table" in str(exc):
                 raise ReplicatorError(
                     f"{self.target.display_url}: control tables are missing; run "
                     "`replicator setup` first"
@@ -229,35 +224,11 @@ class JobRunner:
 
     def pending(self, marks: dict[str, int], cap: int) -> dict[str, int]:
         """Changes waiting at the source per table (rows and deletes, counted up to cap)."""
-        out = {}
-        tomb = self.source.ct.tombstone
         with self.source.read_snapshot() as conn:
-            for plan in self.plans():
-                low = marks.get(plan.label, 0)
-                origin = plan.source.c[ORIGIN_COLUMN]
-                probes = [
-                    sa.select(plan.version).where(
-                        plan.version > low,
-                        sa.or_(origin.is_(None), origin != self.target_node),
-                        *plan.filters,
-                    )
-                ]
-                if plan.deletes:
-                    probes.append(
-                        sa.select(tomb.c.version).where(
-                            tomb.c.table_name == plan.mapping.source, tomb.c.version > low
-                        )
-                    )
-                out[plan.label] = sum(
-                    int(
-                        conn.execute(
-                            sa.select(sa.func.count()).select_from(p.limit(cap).subquery())
-                        ).scalar()
-                        or 0
-                    )
-                    for p in probes
-                )
-        return out
+            return {
+                p.label: self.reader.pending(conn, p, marks.get(p.label, 0), cap)
+                for p in self.plans()
+            }
 
 
 def run_jobs(

@@ -16,6 +16,16 @@ from replicator.tracking import install
 
 TRACKING = {"repl_version", "repl_origin"}
 
+# The smallest register -> server group, used by most engine tests.
+ITEMS = """\
+group: itens
+direction: register_to_server
+tables:
+  - source: item
+    key: [id]
+"""
+ITEM_DDL = "CREATE TABLE item (id integer PRIMARY KEY, name varchar(20), qty integer)"
+
 
 def write_node(
     directory: Path,
@@ -76,6 +86,14 @@ class Node:
 
     def close(self) -> None:
         self.dbs.close()
+
+
+def quarantined(node: Node, db: str = "server") -> list[tuple[str, str]]:
+    """(table, key) of every row in the quarantine table of a target, sorted."""
+    backend = node.dbs[db]
+    q = backend.ct.quarantine
+    with backend.engine.connect() as conn:
+        return sorted(tuple(r) for r in conn.execute(sa.select(q.c.table_name, q.c.row_key)))
 
 
 def moved(results: list[JobResult]) -> int:

@@ -10,26 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from conftest import execute
-from support import Node, moved, rows, write_node
+from support import ITEMS, Node, moved, quarantined, rows, write_node
 
 from replicator.errors import ConfigError, PermanentError
-
-ITEMS = """\
-group: itens
-direction: register_to_server
-tables:
-  - source: item
-    key: [id]
-"""
-
-
-def quarantined(node: Node, db: str = "server") -> list[tuple[str, str]]:
-    backend = node.dbs[db]
-    q = backend.ct.quarantine
-    with backend.engine.connect() as conn:
-        return sorted(tuple(r) for r in conn.execute(sa.select(q.c.table_name, q.c.row_key)))
 
 
 def test_value_too_long_is_quarantined_and_other_registers_go_on(

@@ -8,18 +8,11 @@ from pathlib import Path
 
 from conftest import execute
 from proxy import Proxy
-from support import Node, moved, rows, write_node
+from support import ITEMS, Node, moved, rows, write_node
 
 from replicator.errors import TransientError
 from replicator.sync import run_jobs
 
-ITEMS = """\
-group: itens
-direction: register_to_server
-tables:
-  - source: item
-    key: [id]
-"""
 DDL = "CREATE TABLE item (id integer PRIMARY KEY, name varchar(20))"
 
 

@@ -15,18 +15,9 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from conftest import execute
-from support import Node, moved, rows, scalar, write_node
+from support import ITEM_DDL, ITEMS, Node, moved, quarantined, rows, scalar, write_node
 
 from replicator.errors import PermanentError
-
-ITEMS = """\
-group: itens
-direction: register_to_server
-tables:
-  - source: item
-    key: [id]
-"""
-ITEM_DDL = "CREATE TABLE item (id integer PRIMARY KEY, name varchar(20), qty integer)"
 
 
 def psql_url(url: str) -> str:
@@ -365,13 +356,6 @@ ITEM_TARGET = (
 )
 
 
-def open_quarantine(node: Node) -> list[tuple[str, str]]:
-    backend = node.dbs["server"]
-    q = backend.ct.quarantine
-    with backend.engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.select(q.c.table_name, q.c.row_key))]
-
-
 def test_items_whose_sale_changed_later_are_not_lost(
     any_database: Callable[[], str], sqlite_database: Callable[[], str], tmp_path: Path
 ) -> None:
@@ -396,11 +380,11 @@ def test_items_whose_sale_changed_later_are_not_lost(
     )
     node.sync(max_batches=1)
     assert rows(target, "sale") == [] and rows(target, "item") == []
-    assert len(open_quarantine(node)) == 3, "items without their sale wait in quarantine"
+    assert len(quarantined(node)) == 3, "items without their sale wait in quarantine"
     node.sync()
     assert rows(target, "sale") == rows(source, "sale")
     assert rows(target, "item") == rows(source, "item")
-    assert open_quarantine(node) == []
+    assert quarantined(node) == []
     node.close()
 
 
@@ -427,7 +411,7 @@ def test_items_held_back_by_an_open_transaction_are_not_lost(
     node.sync()
     assert rows(target, "sale") == rows(source, "sale")
     assert rows(target, "item") == rows(source, "item")
-    assert open_quarantine(node) == []
+    assert quarantined(node) == []
     node.close()
 
 
@@ -445,11 +429,11 @@ def test_quarantined_row_goes_through_once_the_target_is_fixed(
     node.setup()
     execute(source, "INSERT INTO item (id, name, qty) VALUES (1, 'ok', 1), (2, 'bad', -1)")
     node.sync()
-    assert open_quarantine(node) == [("item", "[2]")]
+    assert quarantined(node) == [("item", "[2]")]
     execute(target, "ALTER TABLE item DROP CONSTRAINT positive")
     node.sync()  # no new change at the source: the retry runs all the same
     assert rows(target, "item") == rows(source, "item")
-    assert open_quarantine(node) == []
+    assert quarantined(node) == []
     node.close()
 
 
@@ -470,7 +454,7 @@ def test_refused_delete_is_quarantined_not_fatal(
     results = node.sync()
     assert results[0].tables["item"].deletes == 1
     assert [r[0] for r in rows(target, "item")] == [1, 2, 4, 5]
-    assert open_quarantine(node) == [("item", "[2]")]
+    assert quarantined(node) == [("item", "[2]")]
     node.close()
 
 
