@@ -1,172 +1,322 @@
-"""Applying a batch on the target: deletes children first, upserts parents first, bad rows
-quarantined (found by bisection) while the rest goes on, all in the caller's transaction."""
+"""Writing pages of changes on the target, inside the caller's transaction: upserts and deletes,
+refused rows found by bisection and held in the quarantine while the rest goes on, rows that
+would overwrite what an earlier incarnation of the source wrote held as conflicts."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from loguru import logger
 from sqlalchemy.engine import Connection
 
 from replicator.backends import Backend
-from replicator.backends.base import Row
-from replicator.errors import PermanentError
-from replicator.read import Changes
-from replicator.state import key_text, quarantine_row, resolve_quarantine, save_progress
+from replicator.backends.base import Row, chunks
+from replicator.quarantine import CONFLICT, WAITING, Budget, Quarantine
+from replicator.transform import TablePlan
 
 T = TypeVar("T")
-MAX_BAD_ROWS = 200  # refused rows per table and batch before the batch fails instead
+ONE_BY_ONE_AFTER = 16  # refused rows found in one page before the rest is tried row by row
+KEEP_TARGET = "conflict: the target row differs and the table's rule is keep_target"
 
 
-class _Budget:
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.bad = 0
-        self.started = time.monotonic()
-        self.first: str | None = None
+@dataclass
+class Tally:
+    """What one table did in a batch; added to the job's result only after the commit."""
 
-    def spend(self, reason: str) -> None:
-        if self.first is None:  # the clock runs from the first refusal, not the first write
-            self.first, self.started = reason, time.monotonic()
-        if self.bad >= MAX_BAD_ROWS or time.monotonic() - self.started > self.seconds:
-            raise PermanentError(
-                f"the target refuses too many rows ({self.bad}+ in one batch), so this looks "
-                f"like a schema mismatch rather than a few bad rows; first reason: {self.first}"
-                " -- fix the target table or the mapping, then run again"
-            )
+    upserts: int = 0
+    deletes: int = 0
+    quarantined: int = 0
+    conflicts: int = 0
+    resolved: int = 0
+
+    def add(self, other: Tally) -> None:
+        self.upserts += other.upserts
+        self.deletes += other.deletes
+        self.quarantined += other.quarantined
+        self.conflicts += other.conflicts
+        self.resolved += other.resolved
 
 
-CONFLICT = "conflict: the target row differs and the rule is keep_target"
+@dataclass
+class TableRound:
+    """Per table, what the applier must know during one batch."""
+
+    plan: TablePlan
+    budget: Budget
+    held: dict[str, str] = field(default_factory=dict)  # held row_key -> status
+    streamed: set[str] = field(default_factory=set)  # held keys seen in this batch's stream
+    fenced: bool = False
+    tally: Tally = field(default_factory=Tally)
 
 
 class Applier:
-    def __init__(self, target: Backend, job: str, source_node: str) -> None:
+    def __init__(self, target: Backend, job: str, source_node: str, source_zone: Any) -> None:
         self.target = target
         self.job = job
         self.source_node = source_node
+        self.source_zone = source_zone
+        self.quarantine = Quarantine(target.ct, job)
         self.log = logger.bind(job=job)
+        self._adapters: dict[str, Callable[[Row], Row] | None] = {}
 
-    def apply(self, conn: Connection, changes: list[Changes], cut: int, counts: Any) -> None:
-        self.target.mark_origin(conn, self.source_node)
-        failed: dict[str, set[str]] = {ch.plan.label: set() for ch in changes}
-        for ch in reversed(changes):  # children first, so foreign keys hold
-            if ch.deleted:
-                bad = self._deletes(conn, ch)
-                failed[ch.plan.label].update(bad)
-                counts[ch.plan.label].deletes += len(ch.deleted) - len(bad)
-                counts[ch.plan.label].quarantined += len(bad)
-        for ch in changes:  # parents first
-            if ch.rows:
-                bad, conflicts = self._upserts(conn, ch)
-                failed[ch.plan.label].update(bad)
-                counts[ch.plan.label].upserts += len(ch.rows) - len(bad)
-                counts[ch.plan.label].quarantined += len(bad)
-                counts[ch.plan.label].conflicts += conflicts
-        for ch in changes:
-            if ch.open_keys:
-                self._settle(conn, ch, failed[ch.plan.label])
-            if cut > ch.low:
-                save_progress(
-                    conn,
-                    self.target.ct,
-                    self.job,
-                    ch.plan.label,
-                    cut,
-                    len(ch.rows),
-                    len(ch.deleted),
-                )
-        self.target.mark_origin(conn, None)
+    def _adapter(self, plan: TablePlan, key: bool = False) -> Callable[[Row], Row] | None:
+        """Values in the form the target's columns declare (time zones, exact text...)."""
+        name = f"{plan.label}:{key}"
+        if name not in self._adapters:
+            columns = plan.target_key if key else plan.columns
+            self._adapters[name] = self.target.row_adapter(plan.target, columns, self.source_zone)
+        return self._adapters[name]
 
-    def _upserts(self, conn: Connection, ch: Changes) -> tuple[set[str], int]:
-        plan = ch.plan
-        kept: list[Row] = []
-
-        def write(rows: Sequence[Row]) -> None:
-            kept.extend(
-                self.target.upsert(
-                    conn, plan.target, plan.columns, plan.target_key, rows, plan.conflict
-                )
-            )
-
-        bad = self._bisect(conn, ch.rows, write)
-        for key in kept:
-            self._quarantine(conn, plan.label, key, None, CONFLICT, status="conflict")
-        out = set()
-        for row, reason in bad:
-            key = plan.key_of(row)
-            out.add(key_text(key))
-            self._quarantine(
-                conn, plan.label, key, dict(zip(plan.columns, row, strict=True)), reason
-            )
-        return out, len(kept)
-
-    def _deletes(self, conn: Connection, ch: Changes) -> set[str]:
-        plan = ch.plan
-
-        def delete(keys: Sequence[Row]) -> None:
-            self.target.delete(conn, plan.target, plan.target_key, keys, plan.soft_delete)
-
-        out = set()
-        for key, reason in self._bisect(conn, ch.deleted, delete):
-            out.add(key_text(key))
-            self._quarantine(conn, plan.label, key, None, f"delete refused: {reason}")
-        return out
-
-    def _quarantine(
+    # --- upserts ---------------------------------------------------------------------------
+    def upserts(
         self,
         conn: Connection,
-        table: str,
-        key: Row,
-        row: dict[str, Any] | None,
-        reason: str,
-        status: str = "open",
+        tr: TableRound,
+        rows: Sequence[Row],
+        source_keys: Sequence[Row],
+        versions: Sequence[int | None],
     ) -> None:
-        quarantine_row(conn, self.target.ct, self.job, table, list(key), row, reason, status)
-        if status == "open":
-            self.log.bind(table=table).warning("quarantined {}: {}", list(key), reason)
+        """Write one page of mapped rows (with their source keys and versions)."""
+        plan = tr.plan
+        adapt = self._adapter(plan)
+        if adapt is not None:
+            rows = [adapt(r) for r in rows]
+        items = list(zip(rows, source_keys, versions, strict=True))
+        keys = [plan.target_key_text(r) for r in rows]
+        if tr.held:
+            tr.streamed.update(k for k in keys if k in tr.held)
+        if tr.fenced:
+            items = self._unfenced(conn, tr, items, keys)
+        kept: list[Row] = []
 
+        def write(part: Sequence[tuple[Row, Row, int | None]]) -> None:
+            data = [r for r, _, _ in part]
+            kept.extend(
+                self.target.upsert(
+                    conn, plan.target, plan.columns, plan.target_key, data, plan.conflict
+                )
+            )
+
+        bad = self._bisect(conn, items, write, tr.budget)
+        failed = set()
+        for (row, skey, version), reason, state in bad:
+            text = plan.target_key_text(row)
+            failed.add(text)
+            new = self.quarantine.record(
+                conn,
+                plan.label,
+                text,
+                plan.source_codec.text(skey),
+                dict(zip(plan.columns, row, strict=True)),
+                reason,
+                state,
+                version or 0,
+            )
+            tr.budget.refused(new and state != WAITING)
+            if new:
+                self.log.bind(table=plan.label).warning(
+                    "held ({}) {}: {}", state, text, reason.splitlines()[0]
+                )
+        by_key = {plan.target_key_text(r): (r, s, v) for r, s, v in items}
+        for key in kept:
+            text = plan.target_codec.text(key)
+            failed.add(text)
+            row, skey, version = by_key.get(text, (None, None, None))
+            self.quarantine.record(
+                conn,
+                plan.label,
+                text,
+                plan.source_codec.text(skey) if skey is not None else None,
+                dict(zip(plan.columns, row, strict=True)) if row is not None else None,
+                KEEP_TARGET,
+                CONFLICT,
+                version or 0,
+            )
+        tr.tally.quarantined += len(bad)
+        tr.tally.conflicts += len(kept)
+        tr.tally.upserts += len(items) - len(bad) - len(kept)
+        if tr.held:
+            done = [k for k in by_key if k in tr.held and k not in failed]
+            if done:
+                tr.tally.resolved += self.quarantine.resolve(conn, plan.label, done)
+
+    def _unfenced(
+        self,
+        conn: Connection,
+        tr: TableRound,
+        items: list[tuple[Row, Row, int | None]],
+        keys: list[str],
+    ) -> list[tuple[Row, Row, int | None]]:
+        """Rows whose key an earlier incarnation of the source wrote on the target: equal
+        rows are shared history (the fence lifts), different rows are held as conflicts."""
+        plan = tr.plan
+        fenced = self._fenced(conn, plan, keys)
+        if not fenced:
+            return items
+        existing = self._target_rows(
+            conn, plan, [items[i][0] for i, k in enumerate(keys) if k in fenced]
+        )
+        out, lift = [], []
+        for (row, skey, version), key in zip(items, keys, strict=True):
+            if key not in fenced:
+                out.append((row, skey, version))
+                continue
+            there = existing.get(key)
+            if there is None or plan.row_codec.same(there, row):
+                lift.append(key)
+                if there is None:
+                    out.append((row, skey, version))
+                continue
+            self.quarantine.record(
+                conn,
+                plan.label,
+                key,
+                plan.source_codec.text(skey),
+                dict(zip(plan.columns, row, strict=True)),
+                f"conflict: {plan.label} {key} on the target was written by an earlier "
+                f"incarnation of {self.source_node} (before it was restored from a backup or "
+                "replaced); the incoming row differs and was held back, the target keeps its "
+                "row; an operator decides which one stays",
+                CONFLICT,
+                version or 0,
+            )
+            tr.tally.conflicts += 1
+        self._lift(conn, plan, lift)
+        return out
+
+    def _fenced(self, conn: Connection, plan: TablePlan, keys: Sequence[str]) -> set[str]:
+        f = self.target.ct.fence.c
+        out: set[str] = set()
+        for part in chunks(list(keys), 500):
+            stmt = sa.select(f.row_key).where(
+                f.job == self.job, f.table_name == plan.label, f.row_key.in_(part)
+            )
+            out.update(conn.execute(stmt).scalars())
+        return out
+
+    def _lift(self, conn: Connection, plan: TablePlan, keys: Sequence[str]) -> None:
+        f = self.target.ct.fence.c
+        for part in chunks(list(keys), 500):
+            conn.execute(
+                sa.delete(self.target.ct.fence).where(
+                    f.job == self.job, f.table_name == plan.label, f.row_key.in_(part)
+                )
+            )
+
+    def _target_rows(
+        self, conn: Connection, plan: TablePlan, rows: Sequence[Row]
+    ) -> dict[str, Row]:
+        table = plan.target
+        out: dict[str, Row] = {}
+        size = max(1, self.target.capabilities.max_bind_params // max(1, len(plan.target_key)) - 1)
+        for part in chunks(list(rows), size):
+            cond = sa.tuple_(*[table.c[k] for k in plan.target_key]).in_(
+                [tuple(r[i] for i in plan.key_index) for r in part]
+            )
+            stmt = sa.select(*[table.c[c] for c in plan.columns]).where(cond)
+            for r in conn.execute(stmt):
+                out[plan.target_key_text(tuple(r))] = tuple(r)
+        return out
+
+    # --- deletes ---------------------------------------------------------------------------
+    def deletes(
+        self, conn: Connection, tr: TableRound, keys: Sequence[Row], source_keys: Sequence[Row]
+    ) -> None:
+        """Delete target keys (or mark them with the soft-delete column)."""
+        plan = tr.plan
+        adapt = self._adapter(plan, key=True)
+        if adapt is not None:
+            keys = [adapt(k) for k in keys]
+        items = list(zip(keys, source_keys, strict=True))
+        texts = [plan.target_codec.text(k) for k in keys]
+        if tr.held:
+            tr.streamed.update(k for k in texts if k in tr.held)
+        if tr.fenced:
+            fenced = self._fenced(conn, plan, texts)
+            kept = []
+            for (key, skey), text in zip(items, texts, strict=True):
+                if text not in fenced:
+                    kept.append((key, skey))
+                    continue
+                self.quarantine.record(
+                    conn,
+                    plan.label,
+                    text,
+                    plan.source_codec.text(skey),
+                    None,
+                    f"conflict: {self.source_node} deleted {plan.label} {text}, which an "
+                    "earlier incarnation of it wrote on the target; the target keeps its row",
+                    CONFLICT,
+                )
+                tr.tally.conflicts += 1
+            items = kept
+
+        def delete(part: Sequence[tuple[Row, Row]]) -> None:
+            self.target.delete(
+                conn, plan.target, plan.target_key, [k for k, _ in part], plan.soft_delete
+            )
+
+        bad = self._bisect(conn, items, delete, tr.budget)
+        failed = set()
+        for (key, skey), reason, state in bad:
+            text = plan.target_codec.text(key)
+            failed.add(text)
+            # a refused delete is never "waiting": a row that refers to it is what stops it
+            new = self.quarantine.record(
+                conn,
+                plan.label,
+                text,
+                plan.source_codec.text(skey),
+                None,
+                f"delete refused: {reason}",
+                "refused",
+            )
+            tr.budget.refused(new and state != WAITING)
+        tr.tally.quarantined += len(bad)
+        tr.tally.deletes += len(items) - len(bad)
+        if tr.held:
+            done = [t for t in texts if t in tr.held and t not in failed]
+            if done:
+                tr.tally.resolved += self.quarantine.resolve(conn, plan.label, done)
+
+    def settle(self, conn: Connection, tr: TableRound, keys: Sequence[str]) -> None:
+        """Held keys with nothing left to send (filtered out, or an echo of the target)."""
+        if keys:
+            tr.tally.resolved += self.quarantine.resolve(conn, tr.plan.label, keys)
+
+    # --- finding refused rows ---------------------------------------------------------------
     def _bisect(
-        self, conn: Connection, items: Sequence[T], fn: Callable[[Sequence[T]], None]
-    ) -> list[tuple[T, str]]:
-        """Apply `items`; on a row error split in halves until the bad ones are alone.
-
-        Bounded: past MAX_BAD_ROWS refused rows or the backend's bisect_seconds, the batch
-        fails loudly (a schema mismatch, not a few bad rows) instead of holding the lock."""
-        budget = _Budget(self.target.bisect_seconds)
-        return self._split(conn, items, fn, budget)
-
-    def _split(
         self,
         conn: Connection,
         items: Sequence[T],
         fn: Callable[[Sequence[T]], None],
-        budget: _Budget,
-    ) -> list[tuple[T, str]]:
-        try:
-            with conn.begin_nested():
-                fn(items)
-            return []
-        except Exception as exc:  # driver, SQLAlchemy or value errors: sorted just below
-            if not self.target.is_row_error(exc):
-                raise
-            reason = str(self.target.classify(exc).args[0])
-            budget.spend(reason)
-            if len(items) == 1:
-                budget.bad += 1
-                return [(items[0], reason)]
-        mid = len(items) // 2
-        return self._split(conn, items[:mid], fn, budget) + self._split(
-            conn, items[mid:], fn, budget
-        )
-
-    def _settle(self, conn: Connection, ch: Changes, failed: set[str]) -> None:
-        """Quarantined keys that went through this time (or have nothing left to send)."""
-        plan = ch.plan
-        done = {key_text(plan.key_of(r)) for r in ch.rows}
-        done |= {key_text(k) for k in ch.deleted}
-        settled = ((done & ch.open_keys) | ch.settled) - failed
-        if settled:
-            resolve_quarantine(conn, self.target.ct, self.job, plan.label, sorted(settled))
-            self.log.bind(table=plan.label).info("{} quarantined rows went through", len(settled))
+        budget: Budget,
+    ) -> list[tuple[T, str, str]]:
+        """Apply `items`; on a row error split in halves until the refused ones are alone
+        (row by row once many are found in one page). Each attempt is a savepoint."""
+        bad: list[tuple[T, str, str]] = []
+        stack: list[Sequence[T]] = [items] if items else []
+        while stack:
+            part = stack.pop()
+            try:
+                with conn.begin_nested():
+                    fn(part)
+                continue
+            except Exception as exc:  # driver, SQLAlchemy or value errors: sorted just below
+                state = self.target.row_error(exc)
+                if state is None:
+                    raise
+                reason = str(self.target.classify(exc).args[0])
+                budget.tick(reason)
+            if len(part) == 1:
+                bad.append((part[0], reason, state))
+            elif len(bad) >= ONE_BY_ONE_AFTER:
+                stack.extend([x] for x in reversed(part))
+            else:
+                mid = len(part) // 2
+                stack.append(part[mid:])
+                stack.append(part[:mid])
+        return bad

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 
 from replicator import __version__
@@ -21,8 +21,31 @@ from replicator.errors import ReplicatorError
 from replicator.log import mask, setup_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = Console(highlight=False, soft_wrap=True)
+# Width of standard output when it is not a terminal (a pipe, a file): wide enough that a
+# table is never cut or wrapped, so `replicator status | grep` sees whole rows.
+PIPE_WIDTH = 10_000
+
+
+class _Output(Console):
+    """A console that keeps every line whole when its output is not a terminal."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(PIPE_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+out = _Output(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _emit_json(document: Any) -> None:
+    """One JSON document on standard output (logs and FAILED lines go to standard error)."""
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
 
 
 class Ctx:
@@ -111,15 +134,22 @@ def _databases(ctx: Ctx) -> Any:
     return Databases(ctx.settings())
 
 
+JSON_OPTION = click.option(
+    "--json", "as_json", is_flag=True, help="print one JSON document on standard output"
+)
+
+
 @cli.command()
 @click.option(
     "--print", "print_only", is_flag=True, help="print the SQL for review instead of running it"
 )
 @click.option("--database", "names", multiple=True, help="only this database (repeatable)")
+@JSON_OPTION
 @click.pass_obj
 @failing_loud
-def setup(ctx: Ctx, print_only: bool, names: tuple[str, ...]) -> None:
+def setup(ctx: Ctx, print_only: bool, names: tuple[str, ...], as_json: bool) -> None:
     """Install change tracking and control tables (or --print them)."""
+    from replicator.preflight import reachable
     from replicator.tracking import install, printable, setup_script
 
     settings = ctx.settings()
@@ -133,36 +163,72 @@ def setup(ctx: Ctx, print_only: bool, names: tuple[str, ...]) -> None:
     try:
         targets = list(names) or list(settings.config.databases)
         if print_only:
-            for name in targets:
+            scripts = {name: setup_script(settings, dbs, name) for name in targets}
+            if as_json:
+                _emit_json(
+                    {
+                        "databases": [
+                            {"database": n, "url": dbs[n].display_url, "statements": sql}
+                            for n, sql in scripts.items()
+                        ]
+                    }
+                )
+                return
+            for name, statements in scripts.items():
                 click.echo(f"-- database {name}: {dbs[name].display_url}\n")
-                click.echo(printable(setup_script(settings, dbs, name)))
+                click.echo(printable(statements))
             return
+        reachable(dbs, targets)
         install(settings, dbs, targets)
+        if as_json:
+            _emit_json(
+                {
+                    "databases": [
+                        {"database": n, "url": dbs[n].display_url, "installed": True}
+                        for n in targets
+                    ]
+                }
+            )
+            return
         out.print(f"change tracking installed on {', '.join(targets)}")
     finally:
         dbs.close()
 
 
 @cli.command()
+@JSON_OPTION
 @click.pass_obj
 @failing_loud
-def check(ctx: Ctx) -> None:
+def check(ctx: Ctx, as_json: bool) -> None:
     """Validate config and mappings against the live databases."""
     from replicator.check import run_check
+    from replicator.preflight import sqlite_files
 
+    settings = ctx.settings()
     dbs = _databases(ctx)
     try:
-        report = run_check(ctx.settings(), dbs)
+        sqlite_files(settings, dbs, settings.config.databases)
+        report = run_check(settings, dbs)
     finally:
         dbs.close()
     report.warnings = list(dict.fromkeys(report.warnings))
     report.errors = list(dict.fromkeys(report.errors))
-    for line in report.checked:
-        out.print(f"ok       {mask(line)}", markup=False)
-    for line in report.warnings:
-        out.print(f"warning  {mask(line)}", markup=False)
-    for line in report.errors:
-        err.print(f"error    {mask(line)}", markup=False)
+    if as_json:
+        _emit_json(
+            {
+                "valid": report.ok,
+                "ok": [mask(line) for line in report.checked],
+                "warnings": [mask(line) for line in report.warnings],
+                "errors": [mask(line) for line in report.errors],
+            }
+        )
+    else:
+        for line in report.checked:
+            out.print(f"ok       {mask(line)}", markup=False)
+        for line in report.warnings:
+            out.print(f"warning  {mask(line)}", markup=False)
+        for line in report.errors:
+            err.print(f"error    {mask(line)}", markup=False)
     if not report.ok:
         from replicator.errors import CheckError
 
@@ -170,24 +236,40 @@ def check(ctx: Ctx) -> None:
             f"{len(report.errors)} problem(s) in {ctx.config_path} and its "
             "mappings; fix them and run `replicator check` again"
         )
-    out.print(f"{ctx.config_path}: configuration is valid")
+    if not as_json:
+        out.print(f"{ctx.config_path}: configuration is valid")
 
 
 @cli.command()
 @click.argument("groups", nargs=-1)
-@click.option("--max-batches", type=int, default=None, help="stop after this many batches")
+@click.option(
+    "--max-batches",
+    type=click.IntRange(min=1),
+    default=None,
+    help="stop each job after this many batches (at least 1)",
+)
+@JSON_OPTION
 @click.pass_obj
 @failing_loud
-def sync(ctx: Ctx, groups: tuple[str, ...], max_batches: int | None) -> None:
+def sync(ctx: Ctx, groups: tuple[str, ...], max_batches: int | None, as_json: bool) -> None:
     """Run one cycle now for GROUPS (all configured jobs when none).
 
     `sync cadastros` is the old "Atualização Completa", `sync produtos` "Atualiza
     Produtos", `sync movimento` "Exporta Movimento".
     """
+    from replicator.preflight import sqlite_files, used_databases
     from replicator.sync import run_jobs
 
     settings = ctx.settings()
-    results = run_jobs(settings, settings.jobs(list(groups) or None), max_batches=max_batches)
+    jobs = settings.jobs(list(groups) or None)
+    dbs = _databases(ctx)
+    try:
+        sqlite_files(settings, dbs, used_databases(jobs))
+        results = run_jobs(settings, jobs, dbs, max_batches=max_batches)
+    finally:
+        dbs.close()
+    if as_json:
+        _emit_json({"jobs": [_job_json(res) for res in results]})
     table = Table(title="sync")
     for col in ("job", "table", "rows", "deletes", "quarantined", "conflicts"):
         table.add_column(col, justify="right" if col not in ("job", "table") else "left")
@@ -196,7 +278,8 @@ def sync(ctx: Ctx, groups: tuple[str, ...], max_batches: int | None) -> None:
         if res.error or res.skipped:
             table.add_row(res.job.name, "-", "-", "-", "-", "-", end_section=True)
             msg = f"{res.job.name}: {'skipped: ' + res.skipped if res.skipped else res.error}"
-            err.print(mask(msg), markup=False)
+            if not as_json:
+                err.print(mask(msg), markup=False)
             failed = failed or res.error
             continue
         for name, t in res.tables.items():
@@ -208,29 +291,81 @@ def sync(ctx: Ctx, groups: tuple[str, ...], max_batches: int | None) -> None:
                 str(t.quarantined),
                 str(t.conflicts),
             )
-    out.print(table)
+    if not as_json:
+        out.print(table)
     if failed:
         raise failed
 
 
+def _job_json(res: Any) -> dict[str, Any]:
+    return {
+        "job": res.job.name,
+        "group": res.job.group,
+        "source": res.job.source,
+        "target": res.job.target,
+        "batches": res.batches,
+        "seconds": round(res.seconds, 3),
+        "rows": res.rows,
+        "tables": {
+            name: {
+                "rows": t.upserts,
+                "deletes": t.deletes,
+                "quarantined": t.quarantined,
+                "conflicts": t.conflicts,
+            }
+            for name, t in res.tables.items()
+        },
+        "skipped": mask(res.skipped) if res.skipped else None,
+        "error": mask(str(res.error)) if res.error else None,
+    }
+
+
 @cli.command()
 @click.argument("groups", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@JSON_OPTION
 @click.pass_obj
 @failing_loud
 def status(ctx: Ctx, groups: tuple[str, ...], as_json: bool) -> None:
-    """Per job and table: progress, pending changes, quarantined rows."""
+    """Per job and table: progress, pending changes, quarantined rows.
+
+    The table comes first; then a job with an error (its status could not be read, or its
+    last run failed) makes it exit 4 when one of the job's databases cannot be reached, 3
+    when one is not set up, 5 otherwise."""
+    from replicator.preflight import sqlite_files, used_databases
     from replicator.status import collect
 
+    settings = ctx.settings()
+    jobs = settings.jobs(list(groups) or None)
     dbs = _databases(ctx)
     try:
-        rows = collect(ctx.settings(), dbs, list(groups) or None)
+        sqlite_files(settings, dbs, used_databases(jobs))
+        rows = collect(settings, dbs, list(groups) or None)
+        if as_json:
+            _emit_json([r.as_json() for r in rows])
+        else:
+            print_status(rows)
+        failed = _status_failures(jobs, rows, dbs)
     finally:
         dbs.close()
-    if as_json:
-        out.print_json(json.dumps([r.as_json() for r in rows]))
-        return
-    print_status(rows)
+    if failed:
+        for line in failed[1:]:
+            err.print(mask(str(line)), markup=False)
+        raise failed[0]
+
+
+def _status_failures(jobs: list[Any], rows: list[Any], dbs: Any) -> list[ReplicatorError]:
+    """One error per job with a row that has `error`, diagnosed: the first one decides the
+    exit code."""
+    from replicator.preflight import Diagnosis
+
+    reasons = {r.job: r.error for r in rows if r.error}
+    by_name = {job.name: job for job in jobs}
+    diagnose = Diagnosis(dbs)
+    errors = []
+    for name, reason in reasons.items():
+        error = diagnose.of(by_name[name], reason) if name in by_name else ReplicatorError(reason)
+        errors.append(type(error)(f"job {name}: {error}"))
+    return errors
 
 
 def print_status(rows: list[Any]) -> None:
@@ -265,14 +400,19 @@ def schema(output: Path | None) -> None:
     help="where to build the demo store (default: a new temporary folder)",
 )
 @click.option("--registers", type=click.IntRange(1, 20), default=2, show_default=True)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="build in a folder that is not empty, replacing a demo store there (other files stay)",
+)
 @click.pass_obj
 @failing_loud
-def demo(ctx: Ctx, directory: Path | None, registers: int) -> None:
+def demo(ctx: Ctx, directory: Path | None, registers: int, force: bool) -> None:
     """Build an embedded store on SQLite (a server, registers), run a full cycle, show it."""
     from replicator.demo.run import run_demo
 
     setup_logging(ctx.log_level or "WARNING")
-    run_demo(directory, registers, out)
+    run_demo(directory, registers, out, force=force)
 
 
 def main() -> None:

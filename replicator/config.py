@@ -15,7 +15,8 @@ from sqlalchemy.exc import ArgumentError
 from replicator.diagnostics import format_validation_error
 from replicator.errors import ConfigError
 from replicator.mapping import MappingFile, TableMapping, load_mapping_sources
-from replicator.sourcefile import Loc, load_toml
+from replicator.sourcefile import Loc, SourceFile, load_toml
+from replicator.values import UTC_NAME, check_timezone, local_timezone
 
 Var = str | int
 
@@ -29,6 +30,16 @@ class NodeConfig(Strict):
     store_id: Var | None = None
     register_id: Var | None = None
     vars: dict[str, Var] = Field(default_factory=dict, description="more node variables")
+    timezone: str | None = Field(
+        default=None,
+        description="IANA time zone of the naive timestamps of this node's SQLite databases, "
+        'e.g. "America/Sao_Paulo"; default: this machine\'s zone',
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        return None if value is None else check_timezone(value)
 
 
 class DatabaseConfig(Strict):
@@ -51,6 +62,17 @@ class DatabaseConfig(Strict):
     vars: dict[str, Var] = Field(
         default_factory=dict, description="variables of this database's node, e.g. register_id"
     )
+    timezone: str | None = Field(
+        default=None,
+        description="IANA time zone of this database's naive timestamps, e.g. "
+        '"America/Sao_Paulo"; default: [node] timezone, else this machine\'s zone for SQLite '
+        "and UTC (the replicator's session zone) for PostgreSQL",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        return None if value is None else check_timezone(value)
 
     @field_validator("url")
     @classmethod
@@ -185,6 +207,18 @@ class Settings:
                     )
         return out
 
+    def timezone(self, database: str) -> str:
+        """The IANA zone of a database's naive timestamps (local time there): its own
+        `timezone`; for SQLite, else `[node] timezone`, else this machine's zone; for
+        PostgreSQL, else UTC, the zone of the replicator's sessions (timestamptz values are
+        instants either way, `timestamp without time zone` values stay naive)."""
+        db = self.config.databases[database]
+        if db.timezone:
+            return db.timezone
+        if make_url(db.url).get_backend_name() != "sqlite":
+            return UTC_NAME
+        return self.config.node.timezone or local_timezone()
+
     def node(self, database: str) -> str:
         """The stable identity of a database's node (written as the origin of its rows)."""
         return self.config.databases[database].node or database
@@ -283,6 +317,7 @@ def load_settings(path: Path) -> Settings:
                     f"jobs.{index}.registers: {reg!r} is not a register database; "
                     f"register databases: {', '.join(known)}"
                 )
+    problems += _identity_problems(source, config)
     settings = Settings(path, config, groups)
     for name, db in config.databases.items():
         if db.role != "register":
@@ -331,3 +366,34 @@ def _variable_uses(table: TableMapping) -> list[tuple[str, Loc]]:
     walk(table.columns, ("columns",))
     walk(table.where, ("where",))
     return found
+
+
+def _identity_problems(source: SourceFile, config: Config) -> list[str]:
+    """Two databases with one node identity, or two registers with one register_id, would
+    share (or clobber) jobs and lose sales silently: refuse them."""
+    problems = []
+    seen: dict[str, str] = {}
+    for name, db in config.databases.items():
+        node = db.node or name
+        if node in seen:
+            problems.append(
+                f"{source.where(('databases', name))}: databases.{name}: node {node!r} is "
+                f"also the node of database {seen[node]!r}; every database needs its own node "
+                f'identity (set node = "..." in one of them)'
+            )
+        seen.setdefault(node, name)
+    ids: dict[str, str] = {}
+    for name, db in config.databases.items():
+        if db.role != "register":
+            continue
+        value = db.vars.get("register_id", config.node.register_id)
+        if value is None:
+            continue
+        if str(value) in ids:
+            problems.append(
+                f"{source.where(('databases', name))}: databases.{name}: register_id "
+                f"{value!r} is also the register_id of {ids[str(value)]!r}; their sales "
+                "would share keys on the server: give each register its own register_id"
+            )
+        ids.setdefault(str(value), name)
+    return problems

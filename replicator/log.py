@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from loguru import logger
+from loguru._file_sink import FileSink  # the sink loguru builds for a path (rotation...)
 
 _SECRET = re.compile(r"(?P<pre>://[^:/@\s]+:)[^@\s]+(?P<post>@)|(?P<kw>password=)\S+", re.I)
 
@@ -49,14 +50,66 @@ def setup_logging(
     logger.configure(patcher=_patch)
     logger.add(sys.stderr, level=level, format=FORMAT, colorize=None)
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        logger.add(
-            file,
-            level=level,
-            format=FORMAT,
-            rotation=rotation,
-            retention=retention,
-            encoding="utf-8",
-            enqueue=False,
-        )
+        sink = _LogFile(file, rotation, retention)
+        if sink.open():
+            # catch=False: loguru's own handler would print a traceback for every failed
+            # write; _LogFile reports a write failure once and carries on without the file.
+            logger.add(sink, level=level, format=FORMAT, colorize=False, catch=False)
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
+
+
+class _LogFile:
+    """loguru's file sink (rotation, retention) that survives a failing disk: the first
+    OSError (disk full, file removed, permissions) is reported once on stderr, then the file
+    is left alone and logging goes on to stderr only."""
+
+    def __init__(self, path: Path, rotation: str, retention: str) -> None:
+        self.path = path
+        self.rotation = rotation
+        self.retention = retention
+        self._sink: Any = None
+        self._broken = False
+
+    def open(self) -> bool:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._sink = FileSink(  # type: ignore[no-untyped-call]
+                str(self.path),
+                rotation=self.rotation,
+                retention=self.retention,
+                encoding="utf-8",
+            )
+        except OSError as exc:
+            self._fail(exc)
+        return not self._broken
+
+    def write(self, message: Any) -> None:
+        if self._broken:
+            return
+        try:
+            self._sink.write(message)
+        except OSError as exc:
+            self._fail(exc)
+
+    def stop(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is None:
+            return
+        try:
+            sink.stop()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        if self._broken:
+            return
+        self._broken = True
+        reason = exc.strerror or str(exc)
+        try:
+            sys.stderr.write(
+                f"replicator: cannot write the log file {self.path}: {reason}; "
+                "logging to stderr only\n"
+            )
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass

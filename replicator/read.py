@@ -1,11 +1,13 @@
-"""Reading a batch from the source: the cut, the changed rows, the deletes, the retries.
+"""Reading from the source, inside one read snapshot: ordered change streams that page by
+`(version, key)` positions, tombstones, keys still alive, and the rows of held keys.
 
-Everything here runs inside one source snapshot (`Backend.read_snapshot`)."""
+Each row read carries its mapped target columns followed by its source key, so the reader can
+tell where it stands after any page without a second query."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,64 +16,204 @@ from sqlalchemy.engine import Connection
 from replicator.backends import Backend
 from replicator.backends.base import ORIGIN_COLUMN, Row, chunks
 from replicator.errors import PermanentError
-from replicator.state import key_text
-from replicator.transform import TablePlan, decode_key
-
-RETRY_LIMIT = 1000  # quarantined keys retried per table and batch
+from replicator.position import Position
+from replicator.transform import TablePlan
 
 
-@dataclass
-class Changes:
-    """What one table contributes to a batch."""
+@dataclass(frozen=True)
+class Tomb:
+    id: int
+    version: int
+    source_key: Row  # Python values of the source key
 
-    plan: TablePlan
-    low: int
-    rows: list[Row] = field(default_factory=list)
-    deleted: list[Row] = field(default_factory=list)  # target keys
-    open_keys: set[str] = field(default_factory=set)  # quarantined keys (key_text) retried
-    settled: set[str] = field(default_factory=set)  # quarantined keys with nothing to send
+
+@dataclass(frozen=True)
+class Current:
+    """The current source row of a held key."""
+
+    row: Row  # mapped target columns
+    source_key: Row
+    version: int | None
+    wanted: bool  # passes the row filter and is not an echo of the target's own write
 
 
 class Reader:
-    def __init__(
-        self,
-        source: Backend,
-        target_node: str,
-        batch_rows: int,
-        page_rows: int,
-        same_kind: bool = False,
-    ):
+    def __init__(self, source: Backend, target_node: str, page_rows: int, same_kind: bool):
         self.source = source
-        self.same_kind = same_kind
         self.target_node = target_node
-        self.batch_rows = batch_rows
         self.page_rows = page_rows
+        self.same_kind = same_kind
 
-    def _as_text(self, plan: TablePlan) -> bool:
+    def as_text(self, plan: TablePlan, compares: bool) -> bool:
         """Values may stay text when the target parses the same text (same kind of database)
-        and the apply never compares them in Python (keep_target does)."""
-        return self.same_kind and plan.conflict.rule != "keep_target"
+        and the apply never compares them in Python (keep_target and fenced tables do)."""
+        return self.same_kind and not compares and plan.conflict.rule != "keep_target"
 
     def _not_echo(self, plan: TablePlan) -> sa.ColumnElement[bool]:
         origin = plan.source.c[ORIGIN_COLUMN]
         return sa.or_(origin.is_(None), origin != self.target_node)
 
-    def _tombstones(self, plan: TablePlan, low: int) -> sa.Select[Any]:
-        """The table's tombstones after `low` that are not echoes of the target's own writes."""
-        tomb = self.source.ct.tombstone
-        return sa.select(tomb.c.version, tomb.c.key).where(
-            tomb.c.table_name == plan.mapping.source,
-            tomb.c.version > low,
-            sa.or_(tomb.c.origin.is_(None), tomb.c.origin != self.target_node),
+    def _after(self, plan: TablePlan, pos: Position) -> sa.ColumnElement[bool]:
+        if pos.key is None:
+            return plan.version > pos.version
+        key = plan.source_codec.from_text(pos.key)
+        cols = plan.source_key
+        values = [sa.literal(v, type_=c.type) for v, c in zip(key, cols, strict=True)]
+        return sa.tuple_(plan.version, *cols) > sa.tuple_(
+            sa.literal(pos.version, type_=plan.version.type), *values
         )
 
-    def pending(self, conn: Connection, plan: TablePlan, low: int, cap: int) -> int:
+    def _tombs_after(self, plan: TablePlan, pos: Position) -> sa.Select[Any]:
+        tomb = self.source.ct.tombstone.c
+        after = sa.or_(
+            tomb.version > pos.version, sa.and_(tomb.version == pos.version, tomb.id > pos.tie)
+        )
+        return sa.select(tomb.id, tomb.version, tomb.key).where(
+            tomb.table_name == plan.mapping.source,
+            after,
+            sa.or_(tomb.origin.is_(None), tomb.origin != self.target_node),
+        )
+
+    # --- streams ---------------------------------------------------------------------------
+    def rows(
+        self, conn: Connection, plan: TablePlan, after: Position, upto: int, compares: bool
+    ) -> Iterator[Sequence[Row]]:
+        """Pages of changed rows after `after` with versions <= `upto`, in (version, key)
+        order; each row is the mapped columns, then the source key, then the version."""
+        stmt = (
+            sa.select(*plan.keyed_select, plan.version.label("repl_pos_version"))
+            .where(self._after(plan, after), plan.version <= upto, self._not_echo(plan))
+            .where(*plan.filters)
+            .order_by(plan.version, *plan.source_key)
+        )
+        try:
+            yield from self.source.stream(conn, stmt, self.page_rows, self.as_text(plan, compares))
+        except (ValueError, TypeError) as exc:  # a stored value the driver cannot convert
+            raise PermanentError(
+                f"{self.source.display_url}: table {plan.mapping.source!r}: a value could not "
+                f"be read ({exc}); correct that row at the source"
+            ) from exc
+
+    def tombstones(
+        self, conn: Connection, plan: TablePlan, after: Position, upto: int
+    ) -> Iterator[list[Tomb]]:
+        """Pages of the table's tombstones after `after` with versions <= `upto`."""
+        tomb = self.source.ct.tombstone.c
+        stmt = (
+            self._tombs_after(plan, after)
+            .where(tomb.version <= upto)
+            .order_by(tomb.version, tomb.id)
+        )
+        for page in self.source.stream(conn, stmt, self.page_rows):
+            yield [Tomb(int(i), int(v), plan.source_codec.from_text(k)) for i, v, k in page]
+
+    def alive(self, conn: Connection, plan: TablePlan, keys: Sequence[Row]) -> set[str]:
+        """Canonical texts of the source keys that exist at the source (deleted and inserted
+        again: the row stream carries them, they must not be deleted)."""
+        out: set[str] = set()
+        width = len(plan.source_key)
+        size = max(1, self.source.capabilities.max_bind_params // width - 1)
+        for part in chunks(list(keys), size):
+            found = conn.execute(
+                sa.select(*plan.source_key).where(
+                    sa.tuple_(*plan.source_key).in_([tuple(k) for k in part])
+                )
+            )
+            out.update(plan.source_codec.text(r) for r in found)
+        return out
+
+    def current(self, conn: Connection, plan: TablePlan, keys: Sequence[Row]) -> list[Current]:
+        """The current source rows of held keys, looked up by the source key (an index)."""
+        wanted = sa.case((sa.and_(self._not_echo(plan), *plan.filters), 1), else_=0)
+        n = plan.width
+        width = len(plan.source_key)
+        out = []
+        size = max(1, self.source.capabilities.max_bind_params // 2 // width)
+        for part in chunks(list(keys), size):
+            stmt = sa.select(*plan.keyed_select, plan.version, wanted).where(
+                sa.tuple_(*plan.source_key).in_([tuple(k) for k in part])
+            )
+            for r in conn.execute(stmt):
+                version = r[-2]
+                out.append(
+                    Current(
+                        tuple(r[:n]),
+                        tuple(r[n : n + width]),
+                        int(version) if version is not None else None,
+                        bool(r[-1]),
+                    )
+                )
+        return out
+
+    # --- planning --------------------------------------------------------------------------
+    def version_cut(
+        self,
+        conn: Connection,
+        plans: Sequence[TablePlan],
+        rows_after: dict[str, Position],
+        tombs_after: dict[str, Position],
+        bound: int,
+        batch_rows: int,
+    ) -> int:
+        """The end of an atomic batch at a version boundary: `bound`, or lower so that no
+        table brings much more than batch_rows changes; at least one whole version."""
+        cut = bound
+        for plan in plans:
+            probes = [
+                sa.select(plan.version.label("v"))
+                .where(self._after(plan, rows_after[plan.label]), plan.version <= bound)
+                .order_by(plan.version, *plan.source_key)
+                .limit(batch_rows)
+            ]
+            if plan.deletes:
+                tomb = self.source.ct.tombstone.c
+                probes.append(
+                    self._tombs_after(plan, tombs_after[plan.label])
+                    .with_only_columns(tomb.version.label("v"))
+                    .where(tomb.version <= bound)
+                    .order_by(tomb.version, tomb.id)
+                    .limit(batch_rows)
+                )
+            for probe in probes:
+                sub = probe.subquery()
+                count, last = conn.execute(sa.select(sa.func.count(), sa.func.max(sub.c.v))).one()
+                if count >= batch_rows:
+                    cut = min(cut, int(last))
+        return cut
+
+    def has_changes(
+        self,
+        conn: Connection,
+        plan: TablePlan,
+        rows_after: Position,
+        tombs_after: Position,
+        bound: int,
+    ) -> bool:
+        probe = sa.select(sa.literal(1)).where(self._after(plan, rows_after), plan.version <= bound)
+        if conn.execute(probe.limit(1)).first() is not None:
+            return True
+        if plan.deletes:
+            tomb = self.source.ct.tombstone.c
+            stmt = self._tombs_after(plan, tombs_after).where(tomb.version <= bound).limit(1)
+            return conn.execute(stmt).first() is not None
+        return False
+
+    def pending(
+        self,
+        conn: Connection,
+        plan: TablePlan,
+        rows_after: Position,
+        tombs_after: Position,
+        cap: int,
+    ) -> int:
         """Changes this job would still send for one table (counted up to cap each)."""
         probes: list[sa.Select[Any]] = [
-            sa.select(plan.version).where(plan.version > low, self._not_echo(plan), *plan.filters)
+            sa.select(plan.version).where(
+                self._after(plan, rows_after), self._not_echo(plan), *plan.filters
+            )
         ]
         if plan.deletes:
-            probes.append(self._tombstones(plan, low))
+            probes.append(self._tombs_after(plan, tombs_after))
         return sum(
             int(
                 conn.execute(
@@ -81,128 +223,3 @@ class Reader:
             )
             for p in probes
         )
-
-    def cut(
-        self, conn: Connection, plans: Sequence[TablePlan], marks: dict[str, int], high: int
-    ) -> int | None:
-        """The end of the next batch: `high`, or lower so that no table brings much more than
-        batch_rows changes. None when no table has changes below `high`."""
-        cut = high
-        pending = False
-        tomb = self.source.ct.tombstone
-        for plan in plans:
-            low = marks.get(plan.label, 0)
-            if low >= high:
-                continue
-            probes = [
-                sa.select(plan.version.label("v"))
-                .where(plan.version > low, plan.version <= high)
-                .order_by(plan.version)
-                .limit(self.batch_rows),
-            ]
-            if plan.deletes:
-                probes.append(
-                    sa.select(tomb.c.version.label("v"))
-                    .where(
-                        tomb.c.table_name == plan.mapping.source,
-                        tomb.c.version > low,
-                        tomb.c.version <= high,
-                    )
-                    .order_by(tomb.c.version)
-                    .limit(self.batch_rows)
-                )
-            for probe in probes:
-                sub = probe.subquery()
-                count, last = conn.execute(sa.select(sa.func.count(), sa.func.max(sub.c.v))).one()
-                if count:
-                    pending = True
-                if count >= self.batch_rows:
-                    cut = min(cut, int(last))
-        return cut if pending else None
-
-    def read(
-        self, conn: Connection, plan: TablePlan, low: int, cut: int, retry: list[Row]
-    ) -> Changes:
-        """Rows changed in (low, cut], deleted keys, and the quarantined keys to retry."""
-        try:
-            return self._read(conn, plan, low, cut, retry)
-        except (ValueError, TypeError) as exc:  # a stored value the driver cannot convert
-            raise PermanentError(
-                f"{self.source.display_url}: table {plan.mapping.source!r}: a value could not "
-                f"be read ({exc}); correct that row at the source"
-            ) from exc
-
-    def _read(
-        self, conn: Connection, plan: TablePlan, low: int, cut: int, retry: list[Row]
-    ) -> Changes:
-        changes = Changes(plan, low)
-        if low < cut:
-            stmt = (
-                sa.select(*plan.select)
-                .where(plan.version > low, plan.version <= cut, self._not_echo(plan))
-                .where(*plan.filters)
-                .order_by(plan.version, *plan.source_key)
-            )
-            for page in self.source.stream(conn, stmt, self.page_rows, self._as_text(plan)):
-                changes.rows.extend(page)  # rows are tuples already: no per-row copy
-            if plan.deletes:
-                changes.deleted = self._deleted(conn, plan, low, cut)
-        if retry:
-            self._retry(conn, changes, retry, cut)
-        return changes
-
-    def _deleted(self, conn: Connection, plan: TablePlan, low: int, cut: int) -> list[Row]:
-        tomb = self.source.ct.tombstone
-        stmt = self._tombstones(plan, low).where(tomb.c.version <= cut).order_by(tomb.c.version)
-        keys = list(dict.fromkeys(decode_key(k) for _, k in conn.execute(stmt)))
-        if not keys:
-            return []
-        # A key deleted and inserted again is alive: the row stream carries it.
-        alive: set[str] = set()
-        width = len(plan.source_key)
-        for part in chunks(keys, max(1, self.source.capabilities.max_bind_params // width - 1)):
-            found = conn.execute(
-                sa.select(*plan.source_key).where(
-                    sa.tuple_(*plan.source_key).in_([tuple(k) for k in part])
-                )
-            )
-            alive.update(key_text(r) for r in found)
-        return [plan.target_key_from_tombstone(k) for k in keys if key_text(k) not in alive]
-
-    def _retry(self, conn: Connection, changes: Changes, keys: list[Row], cut: int) -> None:
-        """Read the current source rows of quarantined keys (parked for a missing parent, a
-        target constraint since fixed...). They are applied again with this batch."""
-        plan = changes.plan
-        changes.open_keys = {key_text(k) for k in keys}
-        have = {key_text(plan.key_of(r)) for r in changes.rows}
-        sent_deletes = {key_text(k) for k in changes.deleted}
-        exprs = [plan.expression(k) for k in plan.target_key]
-        found: set[str] = set()
-        wanted = sa.case((sa.and_(self._not_echo(plan), *plan.filters), 1), else_=0)
-        size = max(1, self.source.capabilities.max_bind_params // 2 // len(exprs))
-        for part in chunks(keys, size):
-            stmt = sa.select(*plan.select, plan.version, wanted).where(
-                sa.tuple_(*exprs).in_([tuple(k) for k in part])
-            )
-            records = (
-                r
-                for page in self.source.stream(conn, stmt, self.page_rows, self._as_text(plan))
-                for r in page
-            )
-            for record in records:
-                row, version, send = tuple(record[:-2]), record[-2], record[-1]
-                text = key_text(plan.key_of(row))
-                found.add(text)  # alive at the source: never a delete
-                if not send:
-                    changes.settled.add(text)  # filtered out, or came from the target
-                elif text not in have and version is not None and version <= cut:
-                    changes.rows.append(row)
-                    have.add(text)
-        for key in keys:
-            text = key_text(key)
-            if text in found or text in sent_deletes:
-                continue
-            if plan.deletes:
-                changes.deleted.append(tuple(key))
-            else:
-                changes.settled.add(text)

@@ -40,6 +40,105 @@ def _dotted(loc: Loc) -> str:
     return ".".join(str(p) for p in loc)
 
 
+# A mapping file is small: a few hundred values, nested a few levels. Aliases (*name) are
+# expanded in place, so a few lines of nested aliases can stand for billions of values
+# ("billion laughs"); such files are refused before any expansion is paid for.
+MAX_VALUES = 100_000  # values (keys, items, scalars) of the file once aliases are expanded
+MAX_DEPTH = 64  # nesting of lists and mappings, aliases expanded
+
+
+class _Composer(yaml.SafeLoader):
+    """The safe loader's composer, recording every alias use and refusing deep nesting.
+
+    Composing is cheap (an alias is the same node object again); the cost comes later, when
+    `_convert` walks the nodes: `_check_expansion` measures it first."""
+
+    def __init__(self, stream: str, path: Path) -> None:
+        super().__init__(stream)
+        self.path = path
+        self.depth = 0
+        self.aliases: list[tuple[str, int, yaml.Node]] = []  # (name, line, node)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        line = event.start_mark.line + 1  # the parser marks every event
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)  # raises for an undefined alias
+            if node is not None:
+                self.aliases.append((str(event.anchor), line, node))
+            return node
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise ConfigError(
+                    f"{self.path}:{line}: lists and mappings nested more "
+                    f"than {MAX_DEPTH} levels deep; a mapping file needs only a few levels"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node, composer: _Composer, path: Path) -> None:
+    """Refuse a file whose aliases expand to too many values, too deep, or into themselves.
+
+    Measures the expanded tree on the composed graph, each node once (memoised, iterative),
+    so the check costs as much as the file's text, never as much as its expansion."""
+    aliases = composer.aliases
+    if not aliases:
+        return  # a tree: its size is the file's size
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            open_nodes.discard(key)
+            children = _children(node)
+            # capped: only whether the budget is passed matters
+            size[key] = min(1 + sum(size[id(c)] for c in children), MAX_VALUES + 1)
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            continue
+        if key in size:
+            continue
+        open_nodes.add(key)
+        stack.append((node, True))
+        for child in _children(node):
+            if id(child) in open_nodes:  # an alias inside its own anchor: never ends
+                name, line = next(((n, ln) for n, ln, a in aliases if a is child), ("?", 0))
+                raise ConfigError(
+                    f"{path}:{line}: the YAML alias *{name} is used inside its own anchor "
+                    f"&{name}, so the value would never end; write the values out instead of "
+                    "using & and *"
+                )
+            if id(child) not in size:
+                stack.append((child, False))
+    if size[id(root)] <= MAX_VALUES and depth[id(root)] <= MAX_DEPTH:
+        return
+    name, line, _ = max(aliases, key=lambda a: (size[id(a[2])], -a[1]))
+    names = sorted({n for n, _, _ in aliases})
+    shown = ", ".join(f"*{n}" for n in names[:5]) + (", ..." if len(names) > 5 else "")
+    problem = (
+        f"more than {MAX_VALUES:,} values"
+        if size[id(root)] > MAX_VALUES
+        else f"lists and mappings nested more than {MAX_DEPTH} levels deep"
+    )
+    raise ConfigError(
+        f"{path}:{line}: *{name}: this file uses YAML aliases ({shown}) {len(aliases)} times, "
+        f"which would expand to {problem}; write the values out instead of using & and *"
+    )
+
+
 def _convert(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: Path) -> Any:
     lines[loc] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
@@ -112,12 +211,17 @@ def _yaml_hint(problem: str) -> str:
 
 def load_yaml(path: Path) -> SourceFile:
     text = _read(path)
+    composer = _Composer(text, path)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = composer.get_single_node()
+        if root is not None:
+            _check_expansion(root, composer, path)
     except yaml.MarkedYAMLError as exc:
         raise ConfigError(_yaml_error(path, text, exc)) from None
     except yaml.YAMLError as exc:  # unmarked reader errors, e.g. control characters
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    finally:
+        composer.dispose()
     if root is None:
         raise ConfigError(
             f"{path}:1: the file is empty (or only comments), but a mapping file needs "

@@ -1,13 +1,16 @@
-"""Control tables: job watermarks and quarantined rows (target side), tombstones (source side).
+"""Control tables, built as SQLAlchemy constructs compiled per dialect, so `setup --print` shows
+the DDL a DBA reviews and `setup` installs the same thing.
 
-They are SQLAlchemy constructs compiled per dialect, so `setup --print` shows the DDL a DBA
-reviews and `setup` installs the same thing.
+Target side: `state` (per job and table: the row and tombstone positions, counters, last error),
+`job` (per job: the source's incarnation, the acknowledged sequence, the last run and error),
+`quarantine` (rows held back, with their state) and `fence` (target keys written by an earlier
+incarnation of the source). Source side: `tombstone` (deleted keys), `incarnation` (this
+database's identity) and `ack` (what each job reading this database has applied).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,18 +18,25 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from replicator.position import Position
+
 
 @dataclass(frozen=True)
 class ControlTables:
     metadata: sa.MetaData
     state: sa.Table
+    job: sa.Table
     quarantine: sa.Table
+    fence: sa.Table
     tombstone: sa.Table
+    incarnation: sa.Table
+    ack: sa.Table
 
 
 def control_tables(schema: str | None, prefix: str) -> ControlTables:
     """The control tables, in `schema` (PostgreSQL) or with a name prefix (SQLite)."""
     md = sa.MetaData(schema=schema)
+    when = sa.DateTime(timezone=True)
     state = sa.Table(
         f"{prefix}state",
         md,
@@ -37,11 +47,29 @@ def control_tables(schema: str | None, prefix: str) -> ControlTables:
             sa.BigInteger,
             nullable=False,
             server_default="0",
-            comment="every source change with a version <= this one is applied",
+            comment="rows: every change before (version, row_key) is applied or quarantined",
         ),
+        sa.Column("row_key", sa.Text, comment="JSON source key; NULL: all of `version`"),
+        sa.Column("tomb_version", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("tomb_id", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("rows_applied", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("deletes_applied", sa.BigInteger, nullable=False, server_default="0"),
-        sa.Column("last_batch_at", sa.DateTime(timezone=True)),
+        sa.Column("last_batch_at", when),
+        sa.Column("last_error", sa.Text),
+        sa.Column("last_error_at", when),
+    )
+    job = sa.Table(
+        f"{prefix}job",
+        md,
+        sa.Column("job", sa.String(200), primary_key=True),
+        sa.Column("source_incarnation", sa.String(64)),
+        sa.Column("retired", sa.Text, comment="JSON list of earlier incarnations of the source"),
+        sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("incarnation_since", when),
+        sa.Column("last_run_at", when),
+        sa.Column("last_ok_at", when),
+        sa.Column("last_error", sa.Text),
+        sa.Column("last_error_at", when),
     )
     quarantine = sa.Table(
         f"{prefix}quarantine",
@@ -49,71 +77,123 @@ def control_tables(schema: str | None, prefix: str) -> ControlTables:
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("job", sa.String(200), nullable=False),
         sa.Column("table_name", sa.String(200), nullable=False),
-        sa.Column("row_key", sa.Text, nullable=False, comment="JSON array of key values"),
+        sa.Column("row_key", sa.Text, nullable=False, comment="canonical JSON target key"),
+        sa.Column("source_key", sa.Text, comment="canonical JSON source key"),
         sa.Column("row_data", sa.Text, comment="JSON object of the row as sent"),
-        sa.Column("version", sa.BigInteger, nullable=False),
+        sa.Column("version", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("reason", sa.Text, nullable=False),
-        sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("first_seen", when, nullable=False),
+        sa.Column("last_seen", when, nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
         sa.Column(
             "status",
             sa.String(20),
             nullable=False,
-            server_default="open",
-            comment="open (retried with every batch) or conflict (kept back by keep_target)",
+            server_default="refused",
+            comment="waiting (for a parent), refused (by the target), conflict, dismissed",
         ),
         sa.UniqueConstraint("job", "table_name", "row_key", name=f"{prefix}quarantine_row"),
+        sa.Index(f"{prefix}quarantine_retry", "job", "status", "last_seen"),
+    )
+    fence = sa.Table(
+        f"{prefix}fence",
+        md,
+        sa.Column("job", sa.String(200), primary_key=True),
+        sa.Column("table_name", sa.String(200), primary_key=True),
+        sa.Column("row_key", sa.Text, primary_key=True, comment="canonical JSON target key"),
+        sa.Column("incarnation", sa.String(64), nullable=False),
     )
     tombstone = sa.Table(
         f"{prefix}tombstone",
         md,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
         sa.Column("table_name", sa.String(200), nullable=False),
         sa.Column("key", sa.Text, nullable=False),
         sa.Column("version", sa.BigInteger, nullable=False),
         sa.Column("origin", sa.String(200)),
-        sa.Column("deleted_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
-        sa.Index(f"{prefix}tombstone_version", "table_name", "version"),
+        sa.Column("deleted_at", when, server_default=sa.func.now()),
+        sa.Index(f"{prefix}tombstone_version", "table_name", "version", "id"),
     )
-    return ControlTables(md, state, quarantine, tombstone)
-
-
-def key_text(key: Sequence[Any]) -> str:
-    """The one text form of a key, as stored in the quarantine table (ASCII-only JSON, so
-    even text that was not valid UTF-8 at the source can be stored and matched)."""
-    return json.dumps(list(key), default=str)
-
-
-def read_watermarks(conn: Connection, ct: ControlTables, job: str) -> dict[str, int]:
-    rows = conn.execute(
-        sa.select(ct.state.c.table_name, ct.state.c.version).where(ct.state.c.job == job)
+    incarnation = sa.Table(
+        f"{prefix}incarnation",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("incarnation", sa.String(64), nullable=False),
+        sa.Column("created_at", when, nullable=False),
+        sa.Column("reason", sa.Text),
+        sa.CheckConstraint("id = 1", name=f"{prefix}incarnation_one"),
     )
-    return {name: int(version) for name, version in rows}
+    ack = sa.Table(
+        f"{prefix}ack",
+        md,
+        sa.Column("job", sa.String(200), primary_key=True),
+        sa.Column("incarnation", sa.String(64), nullable=False),
+        sa.Column("seq", sa.BigInteger, nullable=False, comment="the batch being applied"),
+        sa.Column(
+            "confirmed",
+            sa.BigInteger,
+            nullable=False,
+            server_default="0",
+            comment="every tombstone below this version is applied on the target",
+        ),
+        sa.Column("at", when, nullable=False),
+    )
+    return ControlTables(md, state, job, quarantine, fence, tombstone, incarnation, ack)
 
 
-def reset_watermarks(conn: Connection, ct: ControlTables, job: str) -> None:
-    conn.execute(sa.update(ct.state).where(ct.state.c.job == job).values(version=0))
+def now() -> datetime:
+    return datetime.now(UTC)
 
 
-def save_progress(
+# --- positions ------------------------------------------------------------------------------
+@dataclass
+class TableState:
+    rows: Position
+    tombs: Position
+    last_error: str | None = None
+
+
+def read_positions(conn: Connection, ct: ControlTables, job: str) -> dict[str, TableState]:
+    s = ct.state.c
+    stmt = sa.select(s.table_name, s.version, s.row_key, s.tomb_version, s.tomb_id, s.last_error)
+    out = {}
+    for name, version, key, tv, tid, error in conn.execute(stmt.where(s.job == job)):
+        out[name] = TableState(
+            Position(int(version), key), Position(int(tv), None, int(tid)), error
+        )
+    return out
+
+
+def save_position(
     conn: Connection,
     ct: ControlTables,
     job: str,
     table: str,
-    version: int,
+    state: TableState,
     upserts: int,
     deletes: int,
+    error: str | None,
 ) -> None:
-    """Advance one table's watermark; runs in the same transaction as the applied rows."""
-    now = datetime.now(UTC)
+    """Write one table's positions; runs in the same transaction as the applied rows."""
+    stamp = now()
+    values: dict[str, Any] = {
+        "version": state.rows.version,
+        "row_key": state.rows.key,
+        "tomb_version": state.tombs.version,
+        "tomb_id": state.tombs.tie,
+        "last_error": error,
+        "last_error_at": stamp if error else None,
+    }
+    s = ct.state.c
+    if upserts or deletes:
+        values["last_batch_at"] = stamp
     done = conn.execute(
         sa.update(ct.state)
-        .where(ct.state.c.job == job, ct.state.c.table_name == table)
+        .where(s.job == job, s.table_name == table)
         .values(
-            version=version,
-            rows_applied=ct.state.c.rows_applied + upserts,
-            deletes_applied=ct.state.c.deletes_applied + deletes,
-            last_batch_at=now,
+            rows_applied=s.rows_applied + upserts,
+            deletes_applied=s.deletes_applied + deletes,
+            **values,
         )
     )
     if done.rowcount == 0:
@@ -121,76 +201,63 @@ def save_progress(
             sa.insert(ct.state).values(
                 job=job,
                 table_name=table,
-                version=version,
                 rows_applied=upserts,
                 deletes_applied=deletes,
-                last_batch_at=now,
+                **values,
             )
         )
 
 
-def quarantine_row(
-    conn: Connection,
-    ct: ControlTables,
-    job: str,
-    table: str,
-    key: list[Any],
-    row: dict[str, Any] | None,
-    reason: str,
-    status: str = "open",
-) -> None:
-    """Record a row the target refused (status open: retried with every batch) or a conflict
-    kept back by the keep_target rule (status conflict: reported, not retried)."""
-    now = datetime.now(UTC)
-    text = key_text(key)
-    data = json.dumps(row, default=str) if row is not None else None
-    q = ct.quarantine.c
-    done = conn.execute(
-        sa.update(ct.quarantine)
-        .where(q.job == job, q.table_name == table, q.row_key == text)
-        .values(row_data=data, reason=reason, last_seen=now, attempts=q.attempts + 1, status=status)
+def reset_positions(conn: Connection, ct: ControlTables, job: str) -> None:
+    conn.execute(
+        sa.update(ct.state)
+        .where(ct.state.c.job == job)
+        .values(version=0, row_key=None, tomb_version=0, tomb_id=0)
     )
+
+
+# --- jobs -----------------------------------------------------------------------------------
+@dataclass
+class JobState:
+    incarnation: str
+    retired: list[str]
+    seq: int
+    since: datetime | None
+
+
+def read_job(conn: Connection, ct: ControlTables, job: str) -> JobState | None:
+    j = ct.job.c
+    row = conn.execute(
+        sa.select(j.source_incarnation, j.retired, j.seq, j.incarnation_since).where(j.job == job)
+    ).first()
+    if row is None or row[0] is None:
+        return None
+    return JobState(row[0], json.loads(row[1] or "[]"), int(row[2]), row[3])
+
+
+def write_job(conn: Connection, ct: ControlTables, job: str, state: JobState) -> None:
+    j = ct.job.c
+    values = {
+        "source_incarnation": state.incarnation,
+        "retired": json.dumps(state.retired),
+        "seq": state.seq,
+        "incarnation_since": state.since,
+    }
+    done = conn.execute(sa.update(ct.job).where(j.job == job).values(**values))
     if done.rowcount == 0:
-        conn.execute(
-            sa.insert(ct.quarantine).values(
-                job=job,
-                table_name=table,
-                row_key=text,
-                row_data=data,
-                version=0,
-                reason=reason,
-                first_seen=now,
-                last_seen=now,
-                status=status,
-            )
-        )
+        conn.execute(sa.insert(ct.job).values(job=job, **values))
 
 
-def open_quarantine(
-    conn: Connection, ct: ControlTables, job: str, limit: int
-) -> dict[str, list[tuple[Any, ...]]]:
-    """Keys of the job's open quarantined rows, per table, oldest first."""
-    q = ct.quarantine.c
-    out: dict[str, list[tuple[Any, ...]]] = {}
-    stmt = (
-        sa.select(q.table_name, q.row_key)
-        .where(q.job == job, q.status == "open")
-        .order_by(q.table_name, q.last_seen)  # least recently tried first: all get a turn
-    )
-    for table, key in conn.execute(stmt):
-        keys = out.setdefault(table, [])
-        if len(keys) < limit:
-            keys.append(tuple(json.loads(key)))
-    return out
-
-
-def resolve_quarantine(
-    conn: Connection, ct: ControlTables, job: str, table: str, keys: list[str]
+def record_run(
+    conn: Connection, ct: ControlTables, job: str, error: str | None, ok: bool = True
 ) -> None:
-    q = ct.quarantine.c
-    for part in range(0, len(keys), 500):
-        conn.execute(
-            sa.delete(ct.quarantine).where(
-                q.job == job, q.table_name == table, q.row_key.in_(keys[part : part + 500])
-            )
-        )
+    """The last run of a job and its error, committed on its own (status shows them)."""
+    stamp = now()
+    values: dict[str, Any] = {"last_run_at": stamp}
+    if error:
+        values.update(last_error=error, last_error_at=stamp)
+    elif ok:
+        values.update(last_ok_at=stamp, last_error=None, last_error_at=None)
+    done = conn.execute(sa.update(ct.job).where(ct.job.c.job == job).values(**values))
+    if done.rowcount == 0:
+        conn.execute(sa.insert(ct.job).values(job=job, **values))

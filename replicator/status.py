@@ -1,8 +1,8 @@
-"""`replicator status`: per job and table, progress, pending changes, quarantine."""
+"""`replicator status`: per job and table, progress, pending changes, held rows, last error."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +12,9 @@ from rich.table import Table
 from sqlalchemy import exc as sa_exc
 
 from replicator.config import Settings
+from replicator.position import Position
+from replicator.quarantine import CONFLICT, REFUSED, WAITING, Quarantine
+from replicator.state import read_positions
 from replicator.sync import Databases, JobRunner
 
 PENDING_CAP = 100_000
@@ -26,12 +29,19 @@ class TableStatus:
     deletes_applied: int
     last_batch_at: datetime | None
     pending: int | None  # changes waiting at the source (capped), None when unknown
-    quarantined: int
-    error: str | None = None
+    quarantined: int  # held rows: waiting + refused + conflicts
+    error: str | None = None  # the job or table could not be read, or its last run failed
+    held: dict[str, int] = field(default_factory=dict)  # per quarantine state
+    warning: str | None = None  # e.g. a long transaction holding the source back
+
+    @property
+    def conflicts(self) -> int:
+        return self.held.get(CONFLICT, 0)
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["last_batch_at"] = self.last_batch_at.isoformat() if self.last_batch_at else None
+        out["conflicts"] = self.conflicts
         return out
 
 
@@ -46,26 +56,26 @@ def collect(
         labels = [t.label for t in settings.groups[job.group].tables]
         try:
             target = databases[job.target]
-            st, q = target.ct.state.c, target.ct.quarantine.c
+            ct = target.ct
+            st, j = ct.state.c, ct.job.c
             with target.engine.connect() as conn:
                 state = {
                     r.table_name: r
-                    for r in conn.execute(sa.select(target.ct.state).where(st.job == job.name))
+                    for r in conn.execute(sa.select(ct.state).where(st.job == job.name))
                 }
-                quarantined: dict[str, int] = dict(
-                    conn.execute(
-                        sa.select(q.table_name, sa.func.count())
-                        .where(q.job == job.name, q.status.in_(["open", "conflict"]))
-                        .group_by(q.table_name)
-                    ).all()
-                )
-            pending = runner.pending({k: int(v.version) for k, v in state.items()}, PENDING_CAP)
+                positions = read_positions(conn, ct, job.name)
+                held = Quarantine(ct, job.name).counts(conn)
+                job_row = conn.execute(sa.select(ct.job).where(j.job == job.name)).first()
+            pending, warning = _pending(runner, positions)
         except (sa_exc.SQLAlchemyError, Exception) as exc:  # status reports, never crashes
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             out += [TableStatus(job.name, t, 0, 0, 0, None, None, 0, reason) for t in labels]
             continue
+        job_error = job_row.last_error if job_row is not None else None
         for label in labels:
             row = state.get(label)
+            counts = held.get(label, {})
+            table_error = row.last_error if row is not None else None
             out.append(
                 TableStatus(
                     job=job.name,
@@ -75,16 +85,32 @@ def collect(
                     deletes_applied=int(row.deletes_applied) if row else 0,
                     last_batch_at=row.last_batch_at if row else None,
                     pending=pending.get(label),
-                    quarantined=int(quarantined.get(label, 0)),
+                    quarantined=sum(counts.get(s, 0) for s in (WAITING, REFUSED, CONFLICT)),
+                    error=table_error or job_error,
+                    held=counts,
+                    warning=warning,
                 )
             )
     return out
 
 
+def _pending(runner: JobRunner, positions: dict[str, Any]) -> tuple[dict[str, int], str | None]:
+    source = runner.source
+    with source.read_snapshot() as conn:
+        blocker = source.blocker(conn)
+        out = {}
+        for plan in runner.plans():
+            st = positions.get(plan.label)
+            rows = st.rows if st else Position()
+            tombs = st.tombs if st else Position()
+            out[plan.label] = runner.reader.pending(conn, plan, rows, tombs, PENDING_CAP)
+    return out, blocker
+
+
 def status_table(rows: list[TableStatus]) -> Table:
     errors = any(r.error for r in rows)
     table = Table(title="status", box=box.SIMPLE_HEAD)
-    for col in ("job", "table", "last", "rows", "pending", "quarantined"):
+    for col in ("job", "table", "last", "rows", "pending", "held", "conflicts"):
         table.add_column(
             col,
             no_wrap=col in ("job", "table", "last"),
@@ -98,13 +124,20 @@ def status_table(rows: list[TableStatus]) -> Table:
         if r.last_batch_at:
             stamp = r.last_batch_at.replace(tzinfo=r.last_batch_at.tzinfo or UTC)
             when = stamp.strftime("%H:%M:%S" if stamp.date() == today else "%Y-%m-%d")
+        waiting, refused = r.held.get(WAITING, 0), r.held.get(REFUSED, 0)
+        held = str(waiting + refused)
+        if waiting and refused:
+            held = f"{waiting}w+{refused}r"
+        elif waiting:
+            held = f"{waiting} waiting"
         cells = [
             r.job,
             r.table,
             when,
             f"{r.rows_applied}+{r.deletes_applied}d" if r.deletes_applied else str(r.rows_applied),
             "?" if r.pending is None else str(r.pending),
-            str(r.quarantined),
+            held,
+            str(r.conflicts),
         ]
         table.add_row(*cells, *([r.error or ""] if errors else []))
     return table

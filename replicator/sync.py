@@ -1,31 +1,60 @@
-"""Incremental sync of one job: read changes after the watermark, apply them atomically.
+"""Incremental sync of one job: read the source's changes after the job's positions and apply
+them on the target, positions committed with the rows.
 
-A batch is a version range (watermark, cut] over all tables of the group. The cut never splits
-a version, so a source transaction (PostgreSQL) or a tie on the change column is never split.
-The batch is read in one source snapshot, then applied in one target transaction together
-with the new watermarks: a crash at any instant leaves both or neither.
+A batch reads in one source snapshot, below the source's safe bound. Two shapes:
+
+- **atomic** (movement, register -> server): one target transaction for the whole batch, so a
+  sale arrives with its items and payments. On PostgreSQL sources (a version is a transaction)
+  the batch ends at a version boundary near `batch_rows`; elsewhere it takes everything below
+  the bound. A version larger than a batch is still one batch, read and written a page at a
+  time, so memory stays bounded.
+- **split** (catalog, server -> register): short target commits of at most `batch_rows` rows
+  (on a SQLite register, as many rows as fit in about 100 ms, then a pause so that a waiting
+  sale gets the lock), parents before children, positions `(version, key)` committed with
+  each, so one huge version (setup, a store-wide price update) never blocks a sale.
+
+Before a batch is applied the source is told (its `ack` row) which batch the job is applying;
+a source whose acknowledgement is behind what the target applied was restored from a backup,
+and one with another identity was replaced: see `_identity`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from loguru import logger
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
-from replicator.apply import Applier
+from replicator.apply import Applier, TableRound, Tally
 from replicator.backends import Backend, open_backend
 from replicator.backends.base import Row
 from replicator.config import Job, Settings
-from replicator.errors import BusyError, ReplicatorError
+from replicator.errors import BusyError, PermanentError, ReplicatorError
 from replicator.mapping import MappingFile
-from replicator.read import RETRY_LIMIT, Reader
-from replicator.state import open_quarantine, read_watermarks, reset_watermarks
+from replicator.position import Position, SourcePosition
+from replicator.quarantine import Budget, Quarantine, TableStopped
+from replicator.read import Reader
+from replicator.state import (
+    JobState,
+    TableState,
+    now,
+    read_job,
+    read_positions,
+    record_run,
+    reset_positions,
+    save_position,
+    write_job,
+)
 from replicator.transform import TablePlan, build_plan
+
+T = TypeVar("T")
+DONE = 2**62  # a tombstone position's tie when its whole version is done
 
 
 @dataclass
@@ -34,6 +63,7 @@ class TableResult:
     deletes: int = 0
     quarantined: int = 0
     conflicts: int = 0
+    error: str | None = None
 
 
 @dataclass
@@ -44,10 +74,20 @@ class JobResult:
     seconds: float = 0.0
     skipped: str | None = None
     error: ReplicatorError | None = None
+    longest_write: float = 0.0  # the longest target write transaction, in seconds
 
     @property
     def rows(self) -> int:
         return sum(t.upserts + t.deletes for t in self.tables.values())
+
+
+@dataclass
+class TargetState:
+    positions: dict[str, TableState]
+    job: JobState | None
+    held: dict[str, dict[str, str]]  # table -> held row_key -> status (a page of them)
+    held_source: dict[str, dict[str, str | None]]  # table -> row_key -> source_key
+    fenced: set[str]
 
 
 class Databases:
@@ -59,8 +99,12 @@ class Databases:
 
     def __getitem__(self, name: str) -> Backend:
         if name not in self._open:
+            zone = getattr(self.settings, "timezone", None)
             self._open[name] = open_backend(
-                self.settings.url(name), self.node(name), self.settings.config.sync.lock_timeout_ms
+                self.settings.url(name),
+                self.node(name),
+                self.settings.config.sync.lock_timeout_ms,
+                timezone=zone(name) if zone else None,
             )
         return self._open[name]
 
@@ -84,16 +128,23 @@ class JobRunner:
         self.page_rows = settings.config.sync.page_rows
         self.batch_rows = settings.config.sync.batch_rows
         self.where = f"group {job.group!r} ({settings.config.mappings / (job.group + '.yaml')})"
+        self.split = self.group.direction == "server_to_register"
         self._plans: list[TablePlan] | None = None
         self.reader = Reader(
             self.source,
             self.target_node,
-            self.batch_rows,
             self.page_rows,
             same_kind=self.source.dialect == self.target.dialect == "postgresql",
         )
-        self.applier = Applier(self.target, job.name, self.source_node)
+        self.applier = Applier(
+            self.target, job.name, self.source_node, getattr(self.source, "timezone", None)
+        )
+        self.quarantine = Quarantine(self.target.ct, job.name)
         self.log = logger.bind(job=job.name)
+        hold = self.target.write_hold_seconds if self.split else None
+        self.chunk_rows = min(self.batch_rows, 1000) if hold else self.batch_rows
+        self._warned: set[str] = set()
+        self.max_batches: int | None = None
 
     # --- plans ---------------------------------------------------------------------------
     def plans(self) -> list[TablePlan]:
@@ -133,10 +184,9 @@ class JobRunner:
         try:
             self.plans()
             while max_batches is None or result.batches < max_batches:
-                more = self.batch(result)
+                more = self.batch(result, max_batches)
                 if more is None:
                     break
-                result.batches += 1
                 if not more:
                     break
         except BusyError as exc:
@@ -145,90 +195,632 @@ class JobRunner:
         except ReplicatorError as exc:
             result.error = exc
             self.log.error("failed: {}", exc)
+        stopped = {t: r.error for t, r in result.tables.items() if r.error}
+        if stopped and result.error is None:
+            result.error = PermanentError(
+                "; ".join(f"{e}" for e in stopped.values())
+                + f" ({len(result.tables) - len(stopped)} other tables of the group went on)"
+            )
         result.seconds = time.perf_counter() - started
         if result.rows or result.error:
             self.log.info(
-                "{} rows in {} batches, {:.3f}s", result.rows, result.batches, result.seconds
+                "{} rows in {} batches, {:.3f}s{}",
+                result.rows,
+                result.batches,
+                result.seconds,
+                " (then failed)" if result.error else "",
             )
+        if not result.skipped:
+            self._record(result)
         return result
 
-    def batch(self, result: JobResult) -> bool | None:
+    def _record(self, result: JobResult) -> None:
+        """Save the run's outcome on the target (status shows the last error)."""
+        stopped = [f"{t}: {r.error}" for t, r in result.tables.items() if r.error]
+        error = str(result.error) if result.error else ("; ".join(stopped) or None)
+        try:
+            with self.target.engine.connect() as conn, conn.begin():
+                record_run(conn, self.target.ct, self.job.name, error)
+        except sa_exc.SQLAlchemyError:
+            pass  # the target is unreachable: the error is in the log and in the exit code
+
+    def batch(self, result: JobResult, max_batches: int | None = None) -> bool | None:
         """Apply one batch. None: nothing to do; True: more may be waiting."""
+        self.max_batches = max_batches
         plans = self.plans()
-        marks, parked = self._target_state()
+        ts = self._target_state()
         try:
             with self.source.read_snapshot() as sconn:
-                high = self.source.safe_upper_bound(sconn)
-                if marks and max(marks.values()) > high:
-                    self._restart(marks, high)
+                pos = self.source.source_position(sconn, self.job.name)
+                if pos.blocker and pos.blocker not in self._warned:
+                    self._warned.add(pos.blocker)
+                    self.log.warning("source {}: {}", self.source.display_url, pos.blocker)
+                if self._identity(pos, ts):
                     return True
-                cut = self.reader.cut(sconn, plans, marks, high)
-                if cut is None:
-                    if not parked:
-                        return None
-                    cut = high  # nothing new: still give quarantined rows their retry
-                changes = [
-                    self.reader.read(sconn, p, marks.get(p.label, 0), cut, parked.get(p.label, []))
+                rows_after = {p.label: self._rows_pos(ts, p) for p in plans}
+                tombs_after = {p.label: self._tombs_pos(ts, p) for p in plans}
+                active = [
+                    p
                     for p in plans
+                    if self.reader.has_changes(
+                        sconn, p, rows_after[p.label], tombs_after[p.label], pos.bound
+                    )
                 ]
+                if not active and not any(ts.held.values()):
+                    return None
+                cut = pos.bound
+                if not self.split and self.source.versions_are_transactions:
+                    cut = self.reader.version_cut(
+                        sconn, plans, rows_after, tombs_after, pos.bound, self.batch_rows
+                    )
+                seq = (ts.job.seq if ts.job else 0) + 1
+                confirmed = min((self._confirmed(p, ts) for p in plans), default=0)
+                purged = self._ack(pos, seq, confirmed)
+                if purged:
+                    self.log.info("{} tombstones purged at the source", purged)
+                return self._apply(sconn, plans, ts, pos, cut, seq, result, max_batches)
         except sa_exc.SQLAlchemyError as exc:
             raise self.source.classify(exc) from exc
+
+    def _ack(self, pos: SourcePosition, seq: int, confirmed: int) -> int:
+        try:
+            return self.source.write_ack(self.job.name, pos.incarnation or "", seq, confirmed)
+        except sa_exc.OperationalError as exc:
+            raise BusyError(
+                f"{self.source.display_url}: could not record progress at the source "
+                f"({self.source.classify(exc)}); will try again"
+            ) from None
+
+    # --- identity: restored and replaced sources -------------------------------------------
+    def _identity(self, pos: SourcePosition, ts: TargetState) -> bool:
+        """Check the source is the database this job has been reading. True when the batch
+        must start again (a new incarnation was recorded)."""
+        if pos.incarnation is None:
+            raise PermanentError(
+                f"{self.source.display_url}: change tracking is not installed (no incarnation "
+                "record); run `replicator setup`"
+            )
+        job = ts.job
+        if job is None:
+            return False
+        if pos.incarnation == job.incarnation:
+            if pos.ack_seq is None or pos.ack_seq < job.seq:
+                what = (
+                    "it has no record of the batches applied"
+                    if pos.ack_seq is None
+                    else f"it acknowledges batch {pos.ack_seq}, the target applied {job.seq}"
+                )
+                reason = f"restored from a backup ({what})"
+                fresh = self.source.new_incarnation(reason)
+                self._new_incarnation(ts, fresh, reason)
+                return True
+            if pos.ack_incarnation not in (None, pos.incarnation):
+                return False  # acknowledged under an earlier identity: nothing to compare
+            if pos.ack_seq > job.seq + 1:
+                self.log.warning(
+                    "target {} is behind what the source acknowledges (batch {} < {}): "
+                    "restored from a backup? going on from the target's own positions",
+                    self.target.display_url,
+                    job.seq,
+                    pos.ack_seq,
+                )
+            return False
+        if pos.incarnation in job.retired:
+            raise PermanentError(
+                f"{self.source.display_url} identifies as an earlier incarnation "
+                f"({pos.incarnation[:8]}) of node {self.source_node!r}, which job {self.job.name} "
+                "left behind when it found that node restored or replaced: two databases act "
+                f"as node {self.source_node!r} (a copied database file, or two registers "
+                "configured with the same node name). Give each database its own `node` in "
+                "replicator.toml, or retire the old copy"
+            )
+        self._new_incarnation(ts, pos.incarnation, "replaced by another database")
+        return True
+
+    def _new_incarnation(self, ts: TargetState, incarnation: str, reason: str) -> None:
+        """Record that the job now reads another incarnation of its source: positions back
+        to the start (everything is read again), and for movement every key the earlier
+        incarnation wrote on the target is fenced: an incoming row that differs from it is
+        held as a conflict instead of overwriting it."""
+        assert ts.job is not None
+        fence = not self.split
+        # the source first: it always knows at least the batch the target has applied
+        self._ack(SourcePosition(0, incarnation, None), ts.job.seq, 0)
+        self.log.warning(
+            "source {} (node {}) was {}: reading all of it again{}",
+            self.source.display_url,
+            self.source_node,
+            reason,
+            "; rows that would overwrite what its earlier incarnation wrote are held as conflicts"
+            if fence
+            else "",
+        )
         try:
             with self.target.write(self.job.name) as tconn:
-                if read_watermarks(tconn, self.target.ct, self.job.name) != marks:
-                    raise BusyError("another service advanced this job meanwhile; will read again")
-                self.applier.apply(tconn, changes, cut, result.tables)
-            rows = sum(len(c.rows) + len(c.deleted) for c in changes)
-            if rows:
-                self.log.info(
-                    "batch {}: {} changes up to version {} ({} still behind the safe bound)",
-                    result.batches + 1,
-                    rows,
-                    cut,
-                    "some" if cut < high else "none",
+                self._verify(tconn, ts)
+                if fence:
+                    for plan in self.plans():
+                        self._fence(tconn, plan, ts.job.incarnation)
+                reset_positions(tconn, self.target.ct, self.job.name)
+                write_job(
+                    tconn,
+                    self.target.ct,
+                    self.job.name,
+                    JobState(incarnation, [*ts.job.retired, ts.job.incarnation], ts.job.seq, now()),
                 )
         except sa_exc.SQLAlchemyError as exc:
             raise self.target.classify(exc) from exc
-        return cut < high
 
-    def _restart(self, marks: dict[str, int], high: int) -> None:
-        """The source's versions went back below what was applied: it was restored from a
-        backup or rebuilt. Replay everything it has; upserts make that safe (no duplicates)."""
-        self.log.warning(
-            "source {} is behind this job's progress (version {} < {}): restored from a "
-            "backup? replaying all of its rows from the start",
-            self.source.display_url,
-            high,
-            max(marks.values()),
-        )
-        with self.target.write(self.job.name) as tconn:
-            if read_watermarks(tconn, self.target.ct, self.job.name) != marks:
-                raise BusyError("another service advanced this job meanwhile; will read again")
-            reset_watermarks(tconn, self.target.ct, self.job.name)
+    def _fence(self, conn: Connection, plan: TablePlan, incarnation: str) -> None:
+        """Fence the target keys of this job's slice of a table (rows whose constant key
+        columns, such as {register_id}, are this job's)."""
+        table = plan.target
+        cols = [table.c[k] for k in plan.target_key]
+        where = [
+            table.c[k] == v
+            for k, i, v in zip(
+                plan.target_key, plan.key_from_source, plan.key_constants, strict=True
+            )
+            if i is None
+        ]
+        f = self.target.ct.fence
+        stmt = sa.select(*cols).where(*where)
+        everything = conn.execute(stmt).all()
+        for start in range(0, len(everything), 500):
+            keys = {plan.target_codec.text(r) for r in everything[start : start + 500]}
+            existing = set(
+                conn.execute(
+                    sa.select(f.c.row_key).where(
+                        f.c.job == self.job.name,
+                        f.c.table_name == plan.label,
+                        f.c.row_key.in_(list(keys)),
+                    )
+                ).scalars()
+            )
+            fresh = [
+                {
+                    "job": self.job.name,
+                    "table_name": plan.label,
+                    "row_key": k,
+                    "incarnation": incarnation,
+                }
+                for k in sorted(keys - existing)
+            ]
+            if fresh:
+                conn.execute(sa.insert(f), fresh)
 
-    def _target_state(self) -> tuple[dict[str, int], dict[str, list[Row]]]:
-        """Watermarks and the quarantined keys to retry, read without holding any lock."""
+    # --- state ----------------------------------------------------------------------------
+    def _confirmed(self, plan: TablePlan, ts: TargetState) -> int:
+        """Every tombstone of this table below the returned version is applied on the target
+        (or ignored by the mapping): the source may purge it."""
+        if plan.deletes:
+            pos = self._tombs_pos(ts, plan)
+            return pos.version + (1 if pos.tie >= DONE else 0)
+        pos = self._rows_pos(ts, plan)
+        return pos.version + (1 if pos.key is None and pos.version else 0)
+
+    def _rows_pos(self, ts: TargetState, plan: TablePlan) -> Position:
+        st = ts.positions.get(plan.label)
+        return st.rows if st else Position()
+
+    def _tombs_pos(self, ts: TargetState, plan: TablePlan) -> Position:
+        st = ts.positions.get(plan.label)
+        return st.tombs if st else Position()
+
+    def _target_state(self) -> TargetState:
+        """Positions, the job's identity record and a page of held keys, read without any
+        lock (checked again under the lock before writing)."""
         try:
             with self.target.engine.connect() as conn:
-                return (
-                    read_watermarks(conn, self.target.ct, self.job.name),
-                    open_quarantine(conn, self.target.ct, self.job.name, RETRY_LIMIT),
+                ct = self.target.ct
+                positions = read_positions(conn, ct, self.job.name)
+                job = read_job(conn, ct, self.job.name)
+                page = self.quarantine.retry_page(conn)
+                f = ct.fence.c
+                fenced = set(
+                    conn.execute(
+                        sa.select(f.table_name).where(f.job == self.job.name).distinct()
+                    ).scalars()
                 )
         except sa_exc.SQLAlchemyError as exc:
-            if isinstance(exc, sa_exc.ProgrammingError) or "no such table" in str(exc):
-                raise ReplicatorError(
-                    f"{self.target.display_url}: control tables are missing; run "
-                    "`replicator setup` first"
-                ) from None
+            if isinstance(exc, sa_exc.ProgrammingError | sa_exc.OperationalError):
+                self._control_tables_present()
             raise self.target.classify(exc) from exc
+        held = {t: {h.row_key: h.status for h in hs} for t, hs in page.items()}
+        held_source = {t: {h.row_key: h.source_key for h in hs} for t, hs in page.items()}
+        return TargetState(positions, job, held, held_source, fenced)
 
-    def pending(self, marks: dict[str, int], cap: int) -> dict[str, int]:
-        """Changes waiting at the source per table (rows and deletes, counted up to cap)."""
-        with self.source.read_snapshot() as conn:
-            return {
-                p.label: self.reader.pending(conn, p, marks.get(p.label, 0), cap)
-                for p in self.plans()
-            }
+    def _control_tables_present(self) -> None:
+        """Raise a clear error when the target lacks the control tables (not set up)."""
+        ct = self.target.ct
+        with contextlib.suppress(sa_exc.SQLAlchemyError), self.target.engine.connect() as conn:
+            missing = [
+                t.fullname
+                for t in (ct.state, ct.job, ct.quarantine, ct.fence)
+                if not self.target.has_table(conn, t.fullname)
+            ]
+            if missing:
+                raise ReplicatorError(
+                    f"{self.target.display_url}: control tables {', '.join(missing)} are "
+                    "missing; run `replicator setup` first"
+                )
+
+    def _verify(self, conn: Connection, ts: TargetState) -> None:
+        """Under the job's lock: nobody else moved this job since its state was read."""
+        ct = self.target.ct
+        now_pos = read_positions(conn, ct, self.job.name)
+        job = read_job(conn, ct, self.job.name)
+        same_pos = {k: (v.rows, v.tombs) for k, v in now_pos.items()} == {
+            k: (v.rows, v.tombs) for k, v in ts.positions.items()
+        }
+        same_job = (job.seq if job else None) == (ts.job.seq if ts.job else None)
+        if not (same_pos and same_job):
+            raise BusyError("another service advanced this job meanwhile; will read again")
+
+    # --- applying a batch --------------------------------------------------------------------
+    def _apply(
+        self,
+        sconn: Connection,
+        plans: list[TablePlan],
+        ts: TargetState,
+        pos: SourcePosition,
+        cut: int,
+        seq: int,
+        result: JobResult,
+        max_batches: int | None,
+    ) -> bool:
+        rounds = {
+            p.label: TableRound(
+                p,
+                Budget(p.label, self.target.bisect_seconds),
+                held=ts.held.get(p.label, {}),
+                fenced=p.label in ts.fenced,
+            )
+            for p in plans
+        }
+        rows_pos = {p.label: self._rows_pos(ts, p) for p in plans}
+        tombs_pos = {p.label: self._tombs_pos(ts, p) for p in plans}
+        errors: dict[str, str] = {}
+        writer = _Writer(self, ts, pos, seq, rounds, rows_pos, tombs_pos, errors, result)
+        try:
+            for plan in reversed(plans):  # deletes first, children first: foreign keys hold
+                if plan.deletes:
+                    self._delete_stream(sconn, writer, rounds[plan.label], cut)
+            for plan in plans:  # then rows, parents first
+                self._row_stream(sconn, writer, rounds[plan.label], cut)
+            for plan in plans:
+                self._retry(sconn, writer, rounds[plan.label], ts, cut)
+            writer.commit(final=True)
+        except _Enough:
+            return True
+        except sa_exc.SQLAlchemyError as exc:
+            writer.abort()
+            if writer.failing_side == "source":
+                raise self.source.classify(exc) from exc
+            raise self.target.classify(exc) from exc
+        except BaseException:
+            writer.abort()
+            raise
+        return cut < pos.bound and (max_batches is None or result.batches < max_batches)
+
+    def _row_stream(self, sconn: Connection, w: _Writer, tr: TableRound, cut: int) -> None:
+        plan = tr.plan
+        start = w.rows_pos[plan.label]
+        if start.done_through(cut):
+            return
+        n, width = plan.width, len(plan.source_key)
+        w.failing_side = "source"
+        pages = self.reader.rows(sconn, plan, start, cut, compares=tr.fenced)
+        for page in _rechunk(pages, lambda: self.chunk_rows):
+            w.failing_side = "target"
+            conn = w.conn()
+
+            def apply(page: Sequence[Row] = page, conn: Connection = conn) -> None:
+                self.applier.upserts(
+                    conn,
+                    tr,
+                    [r[:n] for r in page],
+                    [r[n : n + width] for r in page],
+                    [r[-1] for r in page],
+                )
+
+            last = page[-1]
+            mark = Position(int(last[-1]), plan.source_codec.text(last[n : n + width]))
+            if not w.page(tr, apply, "rows", mark):
+                return
+            w.failing_side = "source"
+        w.rows_pos[plan.label] = _later(w.rows_pos[plan.label], Position(cut))
+
+    def _delete_stream(self, sconn: Connection, w: _Writer, tr: TableRound, cut: int) -> None:
+        plan = tr.plan
+        start = w.tombs_pos[plan.label]
+        if start.version > cut or (start.version == cut and start.tie >= DONE):
+            return
+        w.failing_side = "source"
+        for tombs in _rechunk(
+            self.reader.tombstones(sconn, plan, start, cut), lambda: self.chunk_rows
+        ):
+            latest = {plan.source_codec.text(t.source_key): t for t in tombs}
+            alive = self.reader.alive(sconn, plan, [t.source_key for t in latest.values()])
+            gone = [t for k, t in latest.items() if k not in alive]
+            keys = [plan.target_key_from_tombstone(t.source_key) for t in gone]
+            skeys = [t.source_key for t in gone]
+            w.failing_side = "target"
+            conn = w.conn()
+
+            def apply(
+                keys: list[Row] = keys, skeys: list[Row] = skeys, conn: Connection = conn
+            ) -> None:
+                self.applier.deletes(conn, tr, keys, skeys)
+
+            mark = Position(tombs[-1].version, None, tombs[-1].id)
+            if not w.page(tr, apply, "tombs", mark):
+                return
+            w.failing_side = "source"
+        w.tombs_pos[plan.label] = _later(w.tombs_pos[plan.label], Position(cut, None, DONE))
+
+    def _retry(
+        self, sconn: Connection, w: _Writer, tr: TableRound, ts: TargetState, cut: int
+    ) -> None:
+        """Held keys not seen in this batch's stream: their current source row is applied
+        again (a parent may have arrived, the target may have been fixed); a key gone at the
+        source is deleted; a key with nothing to send leaves the quarantine."""
+        plan = tr.plan
+        todo = [k for k in tr.held if k not in tr.streamed]
+        if not todo or plan.label in w.errors:
+            return
+        sources = ts.held_source.get(plan.label, {})
+        by_source: dict[str, str] = {}
+        for key in todo:
+            skey = sources.get(key)
+            if skey is not None:
+                by_source[skey] = key
+        w.failing_side = "source"
+        found = self.reader.current(
+            sconn, plan, [plan.source_codec.from_text(s) for s in by_source]
+        )
+        seen: set[str] = set()
+        rows, skeys, versions, settle = [], [], [], []
+        for cur in found:
+            text = plan.source_codec.text(cur.source_key)
+            key = by_source.get(text)
+            if key is None:
+                continue
+            seen.add(text)
+            if not cur.wanted:
+                settle.append(key)
+            elif cur.version is not None and cur.version <= cut:
+                rows.append(cur.row)
+                skeys.append(cur.source_key)
+                versions.append(cur.version)
+        gone = [s for s in by_source if s not in seen]
+        w.failing_side = "target"
+        conn = w.conn()
+
+        def apply() -> None:
+            if rows:
+                self.applier.upserts(conn, tr, rows, skeys, versions)
+            if gone and plan.deletes:
+                self.applier.deletes(
+                    conn,
+                    tr,
+                    [plan.target_codec.from_text(by_source[s]) for s in gone],
+                    [plan.source_codec.from_text(s) for s in gone],
+                )
+            self.applier.settle(
+                conn, tr, settle + ([] if plan.deletes else [by_source[s] for s in gone])
+            )
+
+        w.page(tr, apply, None, None)
+
+
+class _Writer:
+    """Target transactions of one batch: one for all of it (atomic), or short ones that
+    commit positions as they go (split)."""
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        ts: TargetState,
+        pos: SourcePosition,
+        seq: int,
+        rounds: dict[str, TableRound],
+        rows_pos: dict[str, Position],
+        tombs_pos: dict[str, Position],
+        errors: dict[str, str],
+        result: JobResult,
+    ) -> None:
+        self.r = runner
+        self.ts = ts
+        self.pos = pos
+        self.seq = seq
+        self.rounds = rounds
+        self.rows_pos = rows_pos
+        self.tombs_pos = tombs_pos
+        self.errors = errors
+        self.result = result
+        self.failing_side = "target"
+        self._stack: contextlib.ExitStack | None = None
+        self._conn: Connection | None = None
+        self._opened = 0.0
+        self._rows = 0
+        self._saved: dict[str, tuple[Position, Position]] = {}
+        self._stream_sp: Any = None
+        self._stream: tuple[str, str | None] | None = None
+
+    def conn(self) -> Connection:
+        if self._conn is None:
+            self._stack = contextlib.ExitStack()
+            self._conn = self._stack.enter_context(self.r.target.write(self.r.job.name))
+            self._opened = time.monotonic()
+            self.r._verify(self._conn, self._state_now())
+            self.r.target.mark_origin(self._conn, self.r.source_node)
+        return self._conn
+
+    def _state_now(self) -> TargetState:
+        """What the target must hold now: the state read at the start, with the positions
+        this batch has committed since."""
+        if not self._saved:
+            return self.ts
+        positions = dict(self.ts.positions)
+        for label, (rows, tombs) in self._saved.items():
+            old = positions.get(label)
+            positions[label] = TableState(rows, tombs, old.last_error if old else None)
+        job = self.ts.job
+        seq_job = JobState(
+            self.pos.incarnation or "",
+            job.retired if job else [],
+            self.seq,
+            job.since if job else None,
+        )
+        return TargetState(positions, seq_job, self.ts.held, self.ts.held_source, self.ts.fenced)
+
+    def page(self, tr: TableRound, apply: Any, kind: str | None, mark: Position | None) -> bool:
+        """Apply one page of a stream; False when its table stopped (too many refusals)."""
+        conn = self.conn()
+        label = tr.plan.label
+        if label in self.errors:
+            return False
+        split = self.r.split
+        if not split and self._stream != (label, kind):
+            # atomic: one savepoint per stream, so a stopped table rolls back whole
+            if self._stream_sp is not None:
+                self._stream_sp.commit()
+            self._stream_sp = conn.begin_nested()
+            self._stream = (label, kind)
+        try:
+            if split:
+                with conn.begin_nested():
+                    apply()
+            else:
+                apply()
+        except TableStopped as exc:
+            if not split and self._stream_sp is not None:
+                self._stream_sp.rollback()
+                self._stream_sp, self._stream = None, None
+                # the stream's positions go back to where the batch began
+                if kind == "rows":
+                    self.rows_pos[label] = self._start(label)[0]
+                elif kind == "tombs":
+                    self.tombs_pos[label] = self._start(label)[1]
+            self.errors[label] = str(exc)
+            self.r.log.bind(table=label).error("{}", exc)
+            return False
+        if mark is not None:
+            if kind == "rows":
+                self.rows_pos[label] = mark
+            else:
+                self.tombs_pos[label] = mark
+        self._rows += 1
+        if split:
+            self._maybe_commit()
+        return True
+
+    def _start(self, label: str) -> tuple[Position, Position]:
+        st = self.ts.positions.get(label)
+        return (st.rows, st.tombs) if st else (Position(), Position())
+
+    def _maybe_commit(self) -> None:
+        self.commit(final=False)
+
+    def commit(self, final: bool) -> None:
+        if self._conn is None:
+            if not final:
+                return
+            self.conn()  # nothing was written, but positions and the job record move on
+        conn = self._conn
+        assert conn is not None and self._stack is not None
+        if self._stream_sp is not None:
+            self._stream_sp.commit()
+            self._stream_sp, self._stream = None, None
+        r = self.r
+        ct = r.target.ct
+        for label, tr in self.rounds.items():
+            state = TableState(self.rows_pos[label], self.tombs_pos[label])
+            save_position(
+                conn,
+                ct,
+                r.job.name,
+                label,
+                state,
+                tr.tally.upserts,
+                tr.tally.deletes,
+                self.errors.get(label),
+            )
+            self._saved[label] = (state.rows, state.tombs)
+        job = self.ts.job
+        write_job(
+            conn,
+            ct,
+            r.job.name,
+            JobState(
+                self.pos.incarnation or "",
+                job.retired if job else [],
+                self.seq,
+                (job.since if job else None) or now(),
+            ),
+        )
+        r.target.mark_origin(conn, None)
+        stack, self._stack, self._conn = self._stack, None, None
+        stack.close()  # commits
+        held = time.monotonic() - self._opened
+        self.result.longest_write = max(self.result.longest_write, held)
+        self.result.batches += 1
+        for label, tr in self.rounds.items():
+            out = self.result.tables.setdefault(label, TableResult())
+            out.upserts += tr.tally.upserts
+            out.deletes += tr.tally.deletes
+            out.quarantined += tr.tally.quarantined
+            out.conflicts += tr.tally.conflicts
+            out.error = self.errors.get(label, out.error)
+            if tr.tally.resolved:
+                r.log.bind(table=label).info("{} held rows went through", tr.tally.resolved)
+            tr.tally = Tally()
+        changes = self._rows
+        self._rows = 0
+        if changes:
+            r.log.info(
+                "batch {}: {} pages applied ({:.3f}s of target lock)",
+                self.result.batches,
+                changes,
+                held,
+            )
+        hold = r.target.write_hold_seconds
+        limit = r.max_batches
+        if r.split and not final and limit is not None and self.result.batches >= limit:
+            raise _Enough()
+        if r.split and hold and not final:
+            # keep each write short, and leave the database free long enough for a sale
+            factor = min(2.0, max(0.25, hold * 0.8 / max(held, 1e-3)))
+            r.chunk_rows = min(r.batch_rows, max(50, int(r.chunk_rows * factor)))
+            time.sleep(r.target.write_pause_seconds)
+
+    def abort(self) -> None:
+        if self._stack is not None:
+            stack, self._stack, self._conn = self._stack, None, None
+            with contextlib.suppress(Exception):
+                stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+class _Enough(Exception):
+    """--max-batches reached in the middle of a split batch (its positions are saved)."""
+
+
+def _later(old: Position, new: Position) -> Position:
+    """Positions never move backwards."""
+    if (old.version, old.key is None, old.tie) > (new.version, new.key is None, new.tie):
+        return old
+    return new
+
+
+def _rechunk(pages: Iterator[Sequence[T]], size: Any) -> Iterator[Sequence[T]]:
+    """Pages of at most size() items (the size may change between pages)."""
+    for page in pages:
+        start = 0
+        while start < len(page):
+            n = max(1, int(size()))
+            yield page[start : start + n]
+            start += n
 
 
 def run_jobs(
@@ -256,3 +848,6 @@ def run_jobs(
     finally:
         if own:
             dbs.close()
+
+
+__all__ = ["Databases", "JobResult", "JobRunner", "TableResult", "run_jobs"]

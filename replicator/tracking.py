@@ -62,6 +62,7 @@ def install(settings: Settings, databases: Databases, names: list[str] | None = 
                 for stmt in backend.prepare_ddl():
                     conn.exec_driver_sql(stmt)
                 backend.ct.metadata.create_all(conn)
+                backend.ensure_incarnation(conn)
                 for table in plan.tables:
                     if not backend.has_table(conn, table.name):
                         raise ReplicatorError(

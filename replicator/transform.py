@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
 
 from replicator.backends.base import ORIGIN_COLUMN, Conflict, Row
+from replicator.codec import Codec
 from replicator.errors import ConfigError
 from replicator.mapping import VAR_RE, Const, FromColumn, SoftDelete, TableMapping
 
@@ -43,6 +45,40 @@ class TablePlan:
     @property
     def source_key(self) -> list[sa.Column[Any]]:
         return [self.source.c[k] for k in self.mapping.key]
+
+    @cached_property
+    def source_codec(self) -> Codec:
+        """Canonical form of the source key (positions, tombstones, retries)."""
+        return Codec.of(self.source_key)
+
+    @cached_property
+    def target_codec(self) -> Codec:
+        """Canonical form of the target key (quarantine, fence)."""
+        return Codec.of([self.target.c[k] for k in self.target_key])
+
+    @cached_property
+    def row_codec(self) -> Codec:
+        """Canonical form of a whole mapped row, typed by the target's columns."""
+        return Codec.of([self.target.c[c] for c in self.columns])
+
+    @cached_property
+    def key_index(self) -> list[int]:
+        return [self.columns.index(k) for k in self.target_key]
+
+    @property
+    def keyed_select(self) -> list[sa.ColumnElement[Any]]:
+        """The mapped columns, then the source key (rows carry their own position)."""
+        return [
+            *self.select,
+            *[c.label(f"repl_key_{i}") for i, c in enumerate(self.source_key)],
+        ]
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+    def target_key_text(self, row: Row) -> str:
+        return self.target_codec.text([row[i] for i in self.key_index])
 
     def expression(self, column: str) -> sa.ColumnElement[Any]:
         """The source-side expression that yields a target column."""

@@ -12,6 +12,9 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+# The tests' expected values take naive SQLite timestamps as UTC: pin the machine's zone
+# (the default zone of SQLite databases) whatever machine runs them.
+os.environ["TZ"] = "UTC"
 PG_ADMIN = os.environ.get("REPLICATOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

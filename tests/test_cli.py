@@ -109,7 +109,9 @@ def test_check_finds_key_without_constraint_and_bad_types(
     code, out = run("-c", str(config), "check")
     assert code == 3
     assert "target key ['id'] is not the primary key or a unique constraint" in out
-    assert "column 'code': source type VARCHAR(10) does not fit target type INTEGER" in out
+    assert (
+        "column 'code': source type VARCHAR(10) into target type INTEGER: non-numeric text" in out
+    )
 
 
 def test_check_says_when_tracking_is_missing(store: Path) -> None:

@@ -49,22 +49,25 @@ def test_sync_waits_out_a_network_outage(
 def test_connection_cut_mid_cycle_resumes_without_loss(
     pg_database: Callable[[], str], sqlite_database: Callable[[], str], tmp_path: Path
 ) -> None:
-    """The network drops between batches of one cycle: applied batches stay, the rest follows."""
+    """The network drops between the commits of one cycle (the catalog goes to a register in
+    short commits): applied commits stay, the rest follows."""
     server, register = pg_database(), sqlite_database()
     execute(server, DDL)
     execute(register, DDL)
     with Proxy(5432) as proxy:
         via_proxy = server.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
         config = write_node(
-            tmp_path, via_proxy, register, {"itens": ITEMS}, extra="[sync]\nbatch_rows = 10\n"
+            tmp_path,
+            via_proxy,
+            register,
+            {"itens": ITEMS.replace("register_to_server", "server_to_register")},
+            extra="[sync]\nbatch_rows = 10\n",
         )
         node = Node(config)
         node.setup()
-        execute(
-            register, *[f"INSERT INTO item (id, name) VALUES ({i}, 'n')" for i in range(1, 101)]
-        )
+        execute(server, *[f"INSERT INTO item (id, name) VALUES ({i}, 'n')" for i in range(1, 101)])
         node.sync(max_batches=3)
-        assert len(rows(server, "item")) == 30
+        assert len(rows(register, "item")) == 30
         proxy.cut()
         proxy.restore()  # the pooled connections are dead now; the next cycle must cope
         node.sync()

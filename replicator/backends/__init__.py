@@ -8,17 +8,21 @@ from replicator.backends.base import Backend
 from replicator.errors import ConfigError
 
 
-def open_backend(url: URL, node: str, lock_timeout_ms: int = 2000) -> Backend:
-    """The backend for a database URL (the password stays inside the URL object)."""
+def open_backend(
+    url: URL, node: str, lock_timeout_ms: int = 2000, timezone: str | None = None
+) -> Backend:
+    """The backend for a database URL (the password stays inside the URL object).
+
+    `timezone`: the zone of the database's naive timestamps (`Settings.timezone`)."""
     kind = url.get_backend_name()
     if kind == "postgresql":
         from replicator.backends.postgresql import PostgreSQLBackend
 
-        return PostgreSQLBackend(url, node, lock_timeout_ms)
+        return PostgreSQLBackend(url, node, lock_timeout_ms, timezone=timezone)
     if kind == "sqlite":
         from replicator.backends.sqlite import SQLiteBackend
 
-        return SQLiteBackend(url, node, lock_timeout_ms)
+        return SQLiteBackend(url, node, lock_timeout_ms, timezone=timezone)
     raise ConfigError(f"database kind {kind!r} is not supported yet; use postgresql or sqlite")
 
 

@@ -7,8 +7,10 @@ must be idempotent: applying the same rows or deletes twice leaves the target un
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -19,7 +21,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine
 
 from replicator.errors import BusyError, PermanentError, ReplicatorError, TransientError
-from replicator.state import ControlTables, control_tables
+from replicator.position import SourcePosition
+from replicator.quarantine import REFUSED, WAITING
+from replicator.state import ControlTables, control_tables, now
+from replicator.values import zone_adapter
 
 Row = tuple[Any, ...]
 ORIGIN_COLUMN = "repl_origin"
@@ -55,11 +60,24 @@ class Backend:
     control_prefix: ClassVar[str] = "replicator_"
     # How long a batch may spend isolating refused rows while holding the target's lock.
     bisect_seconds: ClassVar[float] = 30.0
+    # Whether all rows of one version were written by one source transaction (PostgreSQL's
+    # transaction ids), so that a batch ending between versions never splits a transaction.
+    versions_are_transactions: ClassVar[bool] = False
+    # As a target that is split into short commits (a register receiving the catalog): the
+    # longest a write transaction should hold the database, and the pause after it, so that
+    # a sale waiting in the busy handler gets in (None: no limit, no pause).
+    write_hold_seconds: ClassVar[float | None] = None
+    write_pause_seconds: ClassVar[float] = 0.0
 
-    def __init__(self, url: URL, node: str, lock_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self, url: URL, node: str, lock_timeout_ms: int = 2000, timezone: str | None = None
+    ) -> None:
         self.url = url
         self.node = node
         self.lock_timeout_ms = lock_timeout_ms
+        # The zone of this database's naive timestamps (config `timezone`); None: not known,
+        # naive values are passed on as they are (UTC for our PostgreSQL sessions).
+        self.timezone = timezone
         self.engine = self.create_engine(url)
         self.ct: ControlTables = control_tables(self.control_schema, self.control_prefix)
         self._tables: dict[str, sa.Table] = {}
@@ -135,6 +153,70 @@ class Backend:
         """The highest version all of whose writers have ended, read in `conn`'s snapshot."""
         raise NotImplementedError
 
+    # --- the source position: bound, identity, acknowledgements ------------------------------
+    def source_position(self, conn: Connection, job: str) -> SourcePosition:
+        """What this database says about itself in `conn`'s read snapshot."""
+        bound = self.safe_upper_bound(conn)
+        inc = self.ct.incarnation.c
+        incarnation = conn.execute(sa.select(inc.incarnation).where(inc.id == 1)).scalar()
+        a = self.ct.ack.c
+        ack = conn.execute(sa.select(a.incarnation, a.seq).where(a.job == job)).first()
+        return SourcePosition(
+            bound=bound,
+            incarnation=incarnation,
+            ack_seq=int(ack[1]) if ack else None,
+            ack_incarnation=ack[0] if ack else None,
+            blocker=self.blocker(conn),
+        )
+
+    def blocker(self, conn: Connection) -> str | None:
+        """The oldest open writing transaction that holds the bound back, when it is old."""
+        return None
+
+    @contextmanager
+    def source_write(self) -> Iterator[Connection]:
+        """A short write transaction on this database as a source (acks, incarnation)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def write_ack(self, job: str, incarnation: str, seq: int, confirmed: int) -> int:
+        """Tell this source that `job` is applying batch `seq` and has applied every tombstone
+        below `confirmed`; purge the tombstones that every job has applied. Returns the
+        number of tombstones purged."""
+        a = self.ct.ack.c
+        with self.source_write() as conn:
+            values = {"incarnation": incarnation, "seq": seq, "confirmed": confirmed, "at": now()}
+            done = conn.execute(sa.update(self.ct.ack).where(a.job == job).values(**values))
+            if done.rowcount == 0:
+                conn.execute(sa.insert(self.ct.ack).values(job=job, **values))
+            floor = conn.execute(sa.select(sa.func.min(a.confirmed))).scalar()
+            if not floor:
+                return 0
+            t = self.ct.tombstone.c
+            return int(
+                conn.execute(sa.delete(self.ct.tombstone).where(t.version < floor)).rowcount or 0
+            )
+
+    def new_incarnation(self, reason: str) -> str:
+        """Give this database a new identity (its history diverged from what targets saw)."""
+        ident = uuid.uuid4().hex
+        with self.source_write() as conn:
+            self._set_incarnation(conn, ident, reason)
+        return ident
+
+    def ensure_incarnation(self, conn: Connection) -> None:
+        """Setup: create this database's identity once."""
+        inc = self.ct.incarnation.c
+        if conn.execute(sa.select(inc.incarnation).where(inc.id == 1)).first() is None:
+            self._set_incarnation(conn, uuid.uuid4().hex, "created by replicator setup")
+
+    def _set_incarnation(self, conn: Connection, ident: str, reason: str) -> None:
+        inc = self.ct.incarnation.c
+        values = {"incarnation": ident, "created_at": now(), "reason": reason}
+        done = conn.execute(sa.update(self.ct.incarnation).where(inc.id == 1).values(**values))
+        if done.rowcount == 0:
+            conn.execute(sa.insert(self.ct.incarnation).values(id=1, **values))
+
     # --- setup ---------------------------------------------------------------------------
     def control_ddl(self) -> list[str]:
         ddl = [
@@ -146,6 +228,13 @@ class Backend:
             for t in self.ct.metadata.sorted_tables
             for i in t.indexes
         ]
+        # this database's identity (setup itself creates it the same way, once)
+        ddl.append(
+            f"INSERT INTO {self.quote_table(self.ct.incarnation.fullname)} "
+            "(id, incarnation, created_at, reason) "
+            f"VALUES (1, '{uuid.uuid4().hex}', CURRENT_TIMESTAMP, 'created by replicator setup') "
+            "ON CONFLICT (id) DO NOTHING"
+        )
         return ddl
 
     def tracking_ddl(self, conn: Connection | None, table: TrackedTable) -> list[str]:
@@ -164,7 +253,7 @@ class Backend:
         slug = f"{slug}_{digest}"
         old = [f"OLD.{q(k)}" for k in table.key]
         new = [f"NEW.{q(k)}" for k in table.key]
-        return {
+        names = {
             "table": self.quote_table(table.name),
             "table_name_literal": "'" + table.name.replace("'", "''") + "'",
             "version": q(table.version),
@@ -188,6 +277,15 @@ class Backend:
             "rekey_trigger": q(f"replicator_rekey_{slug}"),
             "tombstone_trigger": q(f"replicator_del_{slug}"),
         }
+        # The dollar quote around function bodies ({dollar}...{dollar}): one that occurs in
+        # no filled name (a table may be called `x$body$y`); the template's own text never
+        # contains `$repl_`.
+        for attempt in itertools.count():
+            tag = hashlib.sha1(f"{table.name}:{attempt}".encode()).hexdigest()[:8]
+            dollar = f"$repl_{tag}$"
+            if not any(dollar in value for value in names.values()):
+                return {**names, "dollar": dollar}
+        raise AssertionError("unreachable")
 
     def prepare_ddl(self) -> list[str]:
         """Database-wide objects installed before the control tables, in one transaction."""
@@ -205,6 +303,17 @@ class Backend:
         return f"{self.quote(schema)}.{self.quote(bare)}" if schema else self.quote(bare)
 
     # --- apply ---------------------------------------------------------------------------
+    def row_adapter(
+        self, table: sa.Table, columns: Sequence[str], source_timezone: str | None
+    ) -> Callable[[Row], Row] | None:
+        """How rows (values in `columns` order) must change to be written to `table`, built
+        once per table and batch from the target's column types; None: write them as they are.
+
+        Default (PostgreSQL targets): a naive timestamp bound for a column with a time zone
+        is local time of the source (`source_timezone`), so it gets that zone; naive values
+        for `timestamp without time zone` columns stay naive."""
+        return zone_adapter(table, columns, source_timezone)
+
     def upsert(
         self,
         conn: Connection,
@@ -322,20 +431,20 @@ class Backend:
             return TransientError(f"{self.display_url}: connection lost: {first_line(exc)}")
         return PermanentError(f"{self.display_url}: {first_line(exc)}")
 
-    @staticmethod
-    def is_row_error(exc: BaseException) -> bool:
-        """A failure caused by the data of some row (quarantine it), not by the database:
-        constraint violations, bad values (SQLSTATE classes 21, 22, 23), values the driver
-        cannot send (wrong Python type, text that is not valid UTF-8)."""
-        if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError):
-            return True
+    def row_error(self, exc: BaseException) -> str | None:
+        """The quarantine state for a failure caused by the data of some row, or None for a
+        failure of the database itself (connection, lock, missing table: the batch stops).
+        Sorted by SQLSTATE: 23503 (foreign key) is `waiting` (a parent is missing), classes
+        21, 22 and 23 are `refused`; values the driver cannot send are `refused`."""
         orig = getattr(exc, "orig", exc)
         state = getattr(orig, "sqlstate", None) or ""
+        if state == "23503":
+            return WAITING
         if state[:2] in {"21", "22", "23"}:
-            return True
+            return REFUSED
         if isinstance(orig, UnicodeError | ValueError | TypeError):
-            return True
-        return "Error binding parameter" in str(orig)
+            return REFUSED
+        return None
 
 
 def comparable(col: Any) -> Any:

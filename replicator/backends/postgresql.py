@@ -13,12 +13,14 @@ import sqlalchemy as sa
 from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg.types.string import TextLoader
+from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine
 
 from replicator.backends.base import Backend, Capabilities, Row, delete_statement
-from replicator.errors import BusyError
+from replicator.errors import BusyError, PermanentError
+from replicator.position import SourcePosition
 
 _cursor_ids = itertools.count(1)
 # Types whose text form is the same on every PostgreSQL session of ours (UTC, ISO dates;
@@ -40,6 +42,32 @@ TEXT_TYPES = (
     "cidr",
 )
 
+# Every setting that changes the text form of a value, pinned in every session: values travel
+# PostgreSQL to PostgreSQL as text (see `stream`), so a database or role whose own DateStyle
+# is 'SQL, DMY' (01/02/2024), IntervalStyle 'sql_standard' or extra_float_digits 0 would
+# otherwise change or round them on the way. lc_monetary (money) cannot be set by every role.
+SESSION_SETTINGS = {
+    "TimeZone": "UTC",  # naive timestamps from SQLite registers mean UTC
+    "DateStyle": "ISO,YMD",  # no space: libpq splits `options` at spaces
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",  # shortest exact form of float4/float8
+    "bytea_output": "hex",
+    "client_encoding": "UTF8",
+}
+
+
+def _pin_session(dbapi_connection: Any, connection_record: Any) -> None:
+    """Pin the settings again with SET, for the case a pooler dropped the startup options."""
+    names = list(SESSION_SETTINGS)
+    values = [SESSION_SETTINGS[n] for n in names]
+    with dbapi_connection.cursor() as cur:
+        cur.execute(
+            "SELECT set_config(n, v, false) FROM unnest(%s::text[], %s::text[]) AS s(n, v)",
+            (names, values),
+        )
+    dbapi_connection.commit()  # a SET in a rolled-back transaction is undone
+
+
 SAFE_BOUND = """
 WITH snap AS (SELECT pg_current_snapshot() AS s),
 elsewhere AS (
@@ -57,8 +85,21 @@ SELECT coalesce(
 """
 
 
+# The oldest writing transaction of this database, when it is older than BLOCKER_SECONDS.
+BLOCKER_SECONDS = 60
+BLOCKER = """
+SELECT pid, application_name, usename, extract(epoch FROM now() - xact_start), state
+  FROM pg_stat_activity
+ WHERE datname = current_database() AND backend_xid IS NOT NULL
+   AND pid <> pg_backend_pid() AND now() - xact_start > make_interval(secs => %(age)s)
+ ORDER BY xact_start LIMIT 1
+"""
+
+
 class PostgreSQLBackend(Backend):
     dialect = "postgresql"
+    versions_are_transactions = True
+    _last_bound = 0
     capabilities = Capabilities(max_bind_params=32767, bulk_copy=True, schemas=True)
     control_schema = "replicator"
     control_prefix = ""
@@ -66,18 +107,35 @@ class PostgreSQLBackend(Backend):
     def create_engine(self, url: URL) -> Engine:
         if url.drivername == "postgresql":
             url = url.set(drivername="postgresql+psycopg")
-        return sa.create_engine(
+        pinned = " ".join(
+            f"-c {name}={value}"
+            for name, value in SESSION_SETTINGS.items()
+            if name != "client_encoding"  # a connection parameter of its own
+        )
+        engine = sa.create_engine(
             url,
             pool_pre_ping=True,
             connect_args={
                 "application_name": "replicator",
                 "connect_timeout": 10,
-                # Sessions in UTC: naive timestamps from SQLite registers mean UTC.
-                # Bounded waits: the replicator never queues behind a sale for long.
-                "options": f"-c TimeZone=UTC -c lock_timeout={self.lock_timeout_ms} "
+                "client_encoding": "UTF8",
+                # Pinned at startup, over any ALTER DATABASE / ALTER ROLE ... SET, and kept
+                # by RESET ALL. Bounded waits: the replicator never queues behind a sale long.
+                "options": f"{pinned} -c lock_timeout={self.lock_timeout_ms} "
                 "-c statement_timeout=600000",
             },
         )
+        event.listen(engine, "connect", _pin_session)
+        return engine
+
+    def refuse_standby(self, conn: Connection) -> None:
+        """Raise PermanentError if this database is a hot standby: its snapshots follow the
+        primary's replay, so it cannot tell which transactions have ended (no safe bound)."""
+        if conn.exec_driver_sql("SELECT pg_is_in_recovery()").scalar():
+            raise PermanentError(
+                f"{self.display_url} is a hot standby (pg_is_in_recovery()): it cannot give a "
+                "safe read bound; point the job at the primary"
+            )
 
     @contextmanager
     def read_snapshot(self) -> Iterator[Connection]:
@@ -128,8 +186,27 @@ class PostgreSQLBackend(Backend):
         # snapshot that is seen running in another database was there at snapshot time too
         # (ids never move), so skipping it is safe; one that cannot be placed (ended since,
         # or hidden without pg_read_all_stats) counts, so the bound only errs low.
-        value = conn.exec_driver_sql(SAFE_BOUND).scalar()
-        return int(value or 0)
+        # The bound can come out lower than an earlier one (a transaction of another database
+        # that ends between the snapshot and the read of pg_stat_activity is counted as
+        # running here): an earlier bound stays safe, so it never goes backwards.
+        value = max(int(conn.exec_driver_sql(SAFE_BOUND).scalar() or 0), self._last_bound)
+        self._last_bound = value
+        return value
+
+    def source_position(self, conn: Connection, job: str) -> SourcePosition:
+        self.refuse_standby(conn)
+        return super().source_position(conn, job)
+
+    def blocker(self, conn: Connection) -> str | None:
+        row = conn.exec_driver_sql(BLOCKER, {"age": BLOCKER_SECONDS}).first()
+        if row is None:
+            return None
+        pid, app, user, age, state = row
+        return (
+            f"transaction of pid {pid} ({app or 'no application_name'}, user {user}, {state}) "
+            f"open for {int(age)}s holds replication of this database back; end it, e.g. "
+            f"SELECT pg_terminate_backend({pid})"
+        )
 
     def prepare_ddl(self) -> list[str]:
         return [f"CREATE SCHEMA IF NOT EXISTS {self.quote(self.control_schema or '')}"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Sequence
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, time
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,13 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from replicator.backends.base import Backend, Capabilities, Row, TrackedTable
 from replicator.errors import BusyError
+from replicator.quarantine import REFUSED, WAITING
+from replicator.values import sqlite_adapter, zone
+
+SQLITE_CONSTRAINT_FOREIGNKEY = 787
+SQLITE_TOOBIG = 18
+SQLITE_MISMATCH = 20
+SQLITE_RANGE = 25
 
 
 class SQLiteBackend(Backend):
@@ -25,6 +30,10 @@ class SQLiteBackend(Backend):
     control_schema = None
     control_prefix = "replicator_"
     bisect_seconds = 5.0  # a register's write lock: sales wait meanwhile
+    # SQLite's busy handler sleeps up to 100 ms between attempts: a pause longer than that
+    # after each short commit lets a waiting sale take the lock before the next one.
+    write_hold_seconds = 0.1
+    write_pause_seconds = 0.12
     _has_session = False
 
     def create_engine(self, url: URL) -> Engine:
@@ -85,23 +94,41 @@ class SQLiteBackend(Backend):
 
     def tracking_ddl(self, conn: Connection | None, table: TrackedTable) -> list[str]:
         statements = super().tracking_ddl(conn, table)
-        if conn is None or not self.has_table(conn, table.name):
-            return statements
-        existing = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
         names = self.tracking_names(table, conn)
+        creates = tuple(
+            f"CREATE TRIGGER {names[t]} "
+            for t in ("replace_insert_trigger", "replace_update_trigger")
+        )
+        if conn is None or not self.has_table(conn, table.name):
+            # The replace triggers come from the live table's unique indexes: say so instead.
+            drop = f"DROP TRIGGER IF EXISTS {names['replace_insert_trigger']}"
+            note = _REPLACE_GENERIC.format(**names)
+            return [note + s if s == drop else s for s in statements if not s.startswith(creates)]
+        existing = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
         skip = {
             f"ALTER TABLE {names['table']} ADD COLUMN {self.quote(c)}"
             for c in (table.version, table.origin)
             if c in existing
         }
+        if not names["displaced_by_insert"]:  # no unique column set other than the key
+            skip.update(creates)
         return [s for s in statements if not any(s.startswith(p) for p in skip)]
 
     def tracking_names(self, table: TrackedTable, conn: Connection | None) -> dict[str, str]:
         names = super().tracking_names(table, conn)
         # SQLite spells IS DISTINCT FROM as IS NOT.
         names["key_changed"] = names["key_changed"].replace(" IS DISTINCT FROM ", " IS NOT ")
-        if not (conn is not None and _without_rowid(conn, table.name)):
+        without_rowid = conn is not None and _without_rowid(conn, table.name)
+        if not without_rowid:
             names["key_match_new"] = "rowid = NEW.rowid"  # the row itself, no key lookup
+        names["replace_insert_trigger"] = names["insert_trigger"].replace(
+            "replicator_ins_", "replicator_replace_ins_", 1
+        )
+        names["replace_update_trigger"] = names["update_trigger"].replace(
+            "replicator_upd_", "replicator_replace_upd_", 1
+        )
+        sets = _displacing_sets(conn, table) if conn is not None else []
+        names.update(_displaced_names(self.quote, table, sets, without_rowid, conn))
         return names
 
     def mark_origin(self, conn: Connection, origin: str | None) -> None:
@@ -118,6 +145,20 @@ class SQLiteBackend(Backend):
         value = conn.exec_driver_sql("SELECT version FROM replicator_clock WHERE id = 1").scalar()
         return int(value or 0)
 
+    def row_error(self, exc: BaseException) -> str | None:
+        """Sorted by SQLite's extended result codes, not by message text."""
+        orig = getattr(exc, "orig", exc)
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code == SQLITE_CONSTRAINT_FOREIGNKEY:
+            return WAITING
+        if isinstance(orig, sqlite3.IntegrityError | sqlite3.DataError):
+            return REFUSED
+        if code is not None and code & 0xFF in (SQLITE_TOOBIG, SQLITE_MISMATCH, SQLITE_RANGE):
+            return REFUSED
+        if isinstance(orig, sqlite3.ProgrammingError | sqlite3.InterfaceError) and code is None:
+            return REFUSED  # a value the driver cannot bind (its type, its encoding)
+        return super().row_error(exc)
+
     def insert_construct(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 
@@ -129,7 +170,10 @@ class SQLiteBackend(Backend):
         rows: Sequence[Row],
         build: Any,
     ) -> None:
-        super().write_rows(conn, table, columns, [adapt_row(r) for r in rows], build)
+        # Also called by the apply path before upsert (idempotent): rows are written in the
+        # form of their target columns even when the caller did not adapt them.
+        adapt = self.row_adapter(table, columns, None)
+        super().write_rows(conn, table, columns, [adapt(r) for r in rows], build)
 
     def delete(
         self,
@@ -139,38 +183,22 @@ class SQLiteBackend(Backend):
         keys: Sequence[Row],
         soft_column: str | None,
     ) -> int:
-        return super().delete(conn, table, key, [adapt_row(k) for k in keys], soft_column)
+        adapt = self.row_adapter(table, key, None)
+        return super().delete(conn, table, key, [adapt(k) for k in keys], soft_column)
+
+    def row_adapter(
+        self, table: sa.Table, columns: Sequence[str], source_timezone: str | None
+    ) -> Callable[[Row], Row]:
+        """Each value in the form its target column declares (docs/tracking.md, "Values
+        written to a SQLite target"): an exact decimal into TEXT as its text at its own scale,
+        a timestamp into TEXT as ISO-8601 (with the offset of this database's zone when
+        aware), an aware timestamp into DATETIME/TIMESTAMP as local time of this database's
+        zone. SQLite columns hold no zone, so the source's zone is not needed here."""
+        return sqlite_adapter(table, columns, zone(self.timezone))
 
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
-
-
-_PLAIN = (str, int, float, bytes, Decimal, date, type(None))  # datetime is a date
-
-
-def adapt_row(row: Row) -> Row:
-    """Values SQLite can store: aware timestamps as UTC (read back as UTC), uuid, time and
-    other objects as text, dicts and lists as JSON text."""
-    if all(isinstance(v, _PLAIN) and not _aware(v) for v in row):
-        return row
-    return tuple(_adapt(v) for v in row)
-
-
-def _aware(value: object) -> bool:
-    return isinstance(value, datetime) and value.tzinfo is not None
-
-
-def _adapt(value: Any) -> Any:
-    if _aware(value):
-        return value.astimezone(UTC).replace(tzinfo=None)
-    if isinstance(value, _PLAIN):
-        return value
-    if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False, default=str)
-    if isinstance(value, time):
-        return value.isoformat()
-    return str(value)
 
 
 def _without_rowid(conn: Connection, table: str) -> bool:
@@ -178,3 +206,95 @@ def _without_rowid(conn: Connection, table: str) -> bool:
         "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
     ).scalar()
     return bool(sql) and "WITHOUT ROWID" in str(sql).upper()
+
+
+_REPLACE_GENERIC = """\
+-- The replace triggers {replace_insert_trigger} and
+-- {replace_update_trigger} are generated only against the live table,
+-- from its primary key and unique indexes: they record the rows that INSERT OR REPLACE,
+-- REPLACE INTO and UPDATE OR REPLACE displace. Print this script again once the database
+-- can be reached (or run `replicator setup`) to get them.
+"""
+
+
+def _pk_columns(conn: Connection, table: str) -> list[str]:
+    sql = "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk"
+    return [name for (name,) in conn.exec_driver_sql(sql, (table,))]
+
+
+def _displacing_sets(conn: Connection, table: TrackedTable) -> list[list[tuple[str, str]]]:
+    """The unique column sets (primary key, unique indexes and constraints) through which a
+    REPLACE can displace a row with another key than the new row's, as (column, collation)
+    pairs. Indexes on expressions are left out; a partial index counts as if it were whole
+    (too many tombstones are harmless: the reader skips keys that still exist)."""
+    found: list[list[tuple[str, str]]] = []
+    indexes = conn.exec_driver_sql(
+        'SELECT name, origin FROM pragma_index_list(?) WHERE "unique"', (table.name,)
+    ).all()
+    # No index for the primary key: it is INTEGER PRIMARY KEY, the rowid (or there is none).
+    pk = [] if any(origin == "pk" for _, origin in indexes) else _pk_columns(conn, table.name)
+    if pk:
+        found.append([(name, "BINARY") for name in pk])
+    for index, _ in indexes:
+        columns = conn.exec_driver_sql(
+            "SELECT name, coll FROM pragma_index_xinfo(?) WHERE key ORDER BY seqno", (index,)
+        ).all()
+        if columns and all(name is not None for name, _ in columns):
+            found.append([(name, coll or "BINARY") for name, coll in columns])
+    out: list[list[tuple[str, str]]] = []
+    for columns in found:
+        binary = {name for name, coll in columns if coll.upper() == "BINARY"}
+        # Equal on such a set means the same key: the REPLACE gives that key back, and the
+        # insert trigger stamps the new row.
+        if set(table.key) <= binary or sorted(columns) in [sorted(c) for c in out]:
+            continue
+        out.append(columns)
+    return out
+
+
+def _displaced_names(
+    q: Any,
+    table: TrackedTable,
+    sets: list[list[tuple[str, str]]],
+    without_rowid: bool,
+    conn: Connection | None,
+) -> dict[str, str]:
+    """Template names of the replace triggers: the condition on an existing row `displaced`
+    that the new row (NEW) takes its place through one of `sets` and has another key."""
+    names = {
+        "displaced_key_columns": ", ".join(f"displaced.{q(k)}" for k in table.key),
+        "displaced_by_insert": "",
+        "displaced_by_update": "",
+        "replace_update_columns": "",
+    }
+    if not sets:
+        return names
+    # NULLs never conflict in a unique index: NEW's values not NULL, and `=`, never `IS`.
+    each = [
+        "("
+        + " AND ".join(
+            [f"NEW.{q(c)} IS NOT NULL" for c, _ in columns]
+            + [f"displaced.{q(c)} = NEW.{q(c)} COLLATE {_collation(q, k)}" for c, k in columns]
+        )
+        + ")"
+        for columns in sets
+    ]
+    other_key = " AND ".join(f"displaced.{q(k)} IS NEW.{q(k)}" for k in table.key)
+    by_insert = "(" + "\n            OR ".join(each) + f")\n       AND NOT ({other_key})"
+    if without_rowid and conn is not None:
+        same = " AND ".join(
+            f"displaced.{q(c)} IS OLD.{q(c)}" for c in _pk_columns(conn, table.name)
+        )
+        itself = f"NOT ({same})"
+    else:
+        itself = "displaced.rowid IS NOT OLD.rowid"
+    names["displaced_by_insert"] = by_insert
+    names["displaced_by_update"] = f"{by_insert}\n       AND {itself}"  # not the row updated
+    names["replace_update_columns"] = ", ".join(
+        q(c) for c in dict.fromkeys(c for columns in sets for c, _ in columns)
+    )
+    return names
+
+
+def _collation(q: Any, name: str) -> str:
+    return name if name.isascii() and name.isidentifier() else str(q(name))

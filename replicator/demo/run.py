@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from replicator.config import load_settings
 from replicator.demo import store
+from replicator.errors import ConfigError
 from replicator.status import collect, status_table
 from replicator.sync import Databases, JobResult, run_jobs
 from replicator.tracking import install
@@ -51,11 +53,36 @@ vars = {{ register_id = {n} }}
 """
 
 
+# What the demo writes in its folder, and so all that `demo --force` replaces there.
+DEMO_DATABASE = re.compile(r"(server|caixa[0-9]+)\.db(-wal|-shm|-journal)?")
+
+
+def check_folder(directory: Path, force: bool) -> None:
+    """Refuse a folder that has other things in it unless --force (then only the demo's own
+    files are replaced)."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise ConfigError(f"{directory} is not a folder; pass --dir a new or empty folder")
+    if force or not any(directory.iterdir()):
+        return
+    raise ConfigError(
+        f"{directory} is not empty; the demo writes server.db, caixa<N>.db, replicator.toml "
+        "and mappings/ there; choose a new or empty folder with --dir, or pass --force to "
+        "replace the demo store there"
+    )
+
+
 def build_store(directory: Path, registers: int) -> Path:
-    """Create the databases, sample data, mappings and config; return the config path."""
+    """Create the databases, sample data, mappings and config; return the config path.
+
+    An earlier demo store in the folder is replaced: its databases (server.db, caixa<N>.db
+    and their -wal/-shm/-journal files), replicator.toml and the shipped mappings. Nothing
+    else in the folder is touched."""
     directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.glob("*.db*"):
-        old.unlink()
+    for old in directory.iterdir():
+        if DEMO_DATABASE.fullmatch(old.name) and old.is_file():
+            old.unlink()
     mapping_dir = directory / "mappings"
     mapping_dir.mkdir(exist_ok=True)
     for entry in resources.files("replicator.mappings").iterdir():
@@ -90,7 +117,9 @@ def _create(path: Path, metadata: sa.MetaData, seed: object) -> None:
     engine.dispose()
 
 
-def run_demo(directory: Path | None, registers: int, out: Console) -> None:
+def run_demo(directory: Path | None, registers: int, out: Console, force: bool = False) -> None:
+    if directory is not None:
+        check_folder(directory, force)
     where = directory or Path(tempfile.mkdtemp(prefix="replicator-demo-"))
     out.print(
         f"[bold]Building a demo store in {where}[/] (SQLite: 1 server, {registers} registers)"

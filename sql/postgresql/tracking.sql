@@ -1,5 +1,6 @@
 -- Change tracking for one table on PostgreSQL, installed by `replicator setup`.
--- Placeholders ({table}, {version}, ...) are filled with quoted identifiers by the replicator.
+-- Placeholders ({table}, {version}, ...) are filled with quoted identifiers by the replicator;
+-- {dollar} is a dollar quote ($repl_<8 hex>$) that occurs nowhere in the filled bodies.
 --
 -- {version}: the id of the writing transaction (pg_current_xact_id, xid8, as bigint). A reader
 --   takes only rows whose id is below pg_snapshot_xmin(pg_current_snapshot()): every such
@@ -15,7 +16,7 @@ UPDATE {table} SET {version} = pg_current_xact_id()::text::bigint WHERE {version
 
 CREATE INDEX IF NOT EXISTS {version_index} ON {table} ({version}, {key_columns});
 
-CREATE OR REPLACE FUNCTION {stamp_function}() RETURNS trigger LANGUAGE plpgsql AS $body$
+CREATE OR REPLACE FUNCTION {stamp_function}() RETURNS trigger LANGUAGE plpgsql AS {dollar}
 BEGIN
     NEW.{version} := pg_current_xact_id()::text::bigint;
     NEW.{origin} := nullif(current_setting('replicator.origin', true), '');
@@ -27,9 +28,9 @@ BEGIN
     END IF;
     RETURN NEW;
 END
-$body$;
+{dollar};
 
-CREATE OR REPLACE FUNCTION {tombstone_function}() RETURNS trigger LANGUAGE plpgsql AS $body$
+CREATE OR REPLACE FUNCTION {tombstone_function}() RETURNS trigger LANGUAGE plpgsql AS {dollar}
 BEGIN
     INSERT INTO {tombstone_table} (table_name, key, version, origin)
     VALUES ({table_name_literal}, jsonb_build_array({old_key_columns}),
@@ -37,7 +38,7 @@ BEGIN
             nullif(current_setting('replicator.origin', true), ''));
     RETURN OLD;
 END
-$body$;
+{dollar};
 
 DROP TRIGGER IF EXISTS {stamp_trigger} ON {table};
 

@@ -7,12 +7,20 @@
 --   The replicator sets replicator_session.origin inside its own write transaction and clears
 --   it before commit, so other connections never see it set (no echo).
 -- An update that changes the key records the old key as deleted (rekey trigger).
+-- INSERT OR REPLACE, REPLACE INTO, UPDATE OR REPLACE and ON CONFLICT REPLACE constraints delete
+--   the rows they displace without firing delete triggers (unless PRAGMA recursive_triggers is
+--   on, which a POS connection does not set). The replace triggers record, before the write,
+--   the key of every other row that has NEW's values in one of the table's unique column sets
+--   (its primary key and unique indexes, read from the live table by `setup`). A write that then
+--   fails or is ignored leaves either nothing (the statement is rolled back) or a tombstone for a
+--   row that still exists, which the reader skips because the key is alive.
 -- The database runs in WAL mode so that the replicator's reads never block a sale.
 ALTER TABLE {table} ADD COLUMN {version} INTEGER;
 
 ALTER TABLE {table} ADD COLUMN {origin} TEXT;
 
-UPDATE replicator_clock SET version = version + 1 WHERE id = 1;
+UPDATE replicator_clock SET version = version + 1
+ WHERE id = 1 AND EXISTS (SELECT 1 FROM {table} WHERE {version} IS NULL);
 
 UPDATE {table} SET {version} = (SELECT version FROM replicator_clock WHERE id = 1)
     WHERE {version} IS NULL;
@@ -63,4 +71,32 @@ BEGIN
     VALUES ({table_name_literal}, json_array({old_key_columns}),
             (SELECT version FROM replicator_clock WHERE id = 1),
             (SELECT origin FROM replicator_session WHERE id = 1));
+END;
+
+DROP TRIGGER IF EXISTS {replace_insert_trigger};
+
+CREATE TRIGGER {replace_insert_trigger} BEFORE INSERT ON {table}
+    WHEN EXISTS (SELECT 1 FROM {table} AS displaced WHERE {displaced_by_insert})
+BEGIN
+    UPDATE replicator_clock SET version = version + 1 WHERE id = 1;
+    INSERT INTO replicator_tombstone (table_name, key, version, origin)
+    SELECT {table_name_literal}, json_array({displaced_key_columns}),
+           (SELECT version FROM replicator_clock WHERE id = 1),
+           (SELECT origin FROM replicator_session WHERE id = 1)
+      FROM {table} AS displaced
+     WHERE {displaced_by_insert};
+END;
+
+DROP TRIGGER IF EXISTS {replace_update_trigger};
+
+CREATE TRIGGER {replace_update_trigger} BEFORE UPDATE OF {replace_update_columns} ON {table}
+    WHEN EXISTS (SELECT 1 FROM {table} AS displaced WHERE {displaced_by_update})
+BEGIN
+    UPDATE replicator_clock SET version = version + 1 WHERE id = 1;
+    INSERT INTO replicator_tombstone (table_name, key, version, origin)
+    SELECT {table_name_literal}, json_array({displaced_key_columns}),
+           (SELECT version FROM replicator_clock WHERE id = 1),
+           (SELECT origin FROM replicator_session WHERE id = 1)
+      FROM {table} AS displaced
+     WHERE {displaced_by_update};
 END;
