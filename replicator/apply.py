@@ -124,16 +124,17 @@ class Applier:
         for key in kept:
             text = plan.target_codec.text(key)
             failed.add(text)
-            row, skey, version = by_key.get(text, (None, None, None))
+            hit: tuple[Row | None, Row | None, int | None] = by_key.get(text, (None, None, None))
+            row_kept, skey_kept, version_kept = hit
             self.quarantine.record(
                 conn,
                 plan.label,
                 text,
-                plan.source_codec.text(skey) if skey is not None else None,
-                dict(zip(plan.columns, row, strict=True)) if row is not None else None,
+                plan.source_codec.text(skey_kept) if skey_kept is not None else None,
+                dict(zip(plan.columns, row_kept, strict=True)) if row_kept is not None else None,
                 KEEP_TARGET,
                 CONFLICT,
-                version or 0,
+                version_kept or 0,
             )
         tr.tally.quarantined += len(bad)
         tr.tally.conflicts += len(kept)

@@ -57,8 +57,8 @@ def run_check(settings: Settings, databases: Databases) -> Report:
                 report.errors.append(
                     f"database {job.target!r}: control tables missing; run `replicator setup`"
                 )
-            for plan in plans:
-                _check_table(report, runner.where, plan, conn, sconn)
+            for index, plan in enumerate(plans):
+                _check_table(report, settings.where(job.group, index), plan, conn, sconn)
         grants.need(settings, databases, job, plans)
         report.checked.append(f"job {job.name}: {len(plans)} tables")
     grants.check(report, databases)

@@ -139,6 +139,22 @@ JSON_OPTION = click.option(
 )
 
 
+def _check_after_setup(ctx: Ctx, settings: Settings, dbs: Any) -> None:
+    """Setup installs what it can; a mapping that `check` rejects still fails the command."""
+    from replicator.check import run_check
+    from replicator.errors import CheckError
+
+    report = run_check(settings, dbs)
+    if report.ok:
+        return
+    for line in dict.fromkeys(report.errors):
+        err.print(f"error    {mask(line)}", markup=False)
+    raise CheckError(
+        f"change tracking is installed, but {len(report.errors)} problem(s) remain in "
+        f"{ctx.config_path} and its mappings (above); fix them and run `replicator check`"
+    )
+
+
 @cli.command()
 @click.option(
     "--print", "print_only", is_flag=True, help="print the SQL for review instead of running it"
@@ -180,6 +196,7 @@ def setup(ctx: Ctx, print_only: bool, names: tuple[str, ...], as_json: bool) -> 
             return
         reachable(dbs, targets)
         install(settings, dbs, targets)
+        _check_after_setup(ctx, settings, dbs)
         if as_json:
             _emit_json(
                 {

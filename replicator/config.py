@@ -163,6 +163,14 @@ class Settings:
         self.path = path
         self.config = config
         self.groups = groups
+        self.sources: dict[str, SourceFile] = {}  # the parsed mapping file of each group
+
+    def where(self, group: str, table: int | None = None) -> str:
+        """`file:line (group 'g')` of a group, or of one of its tables, for messages."""
+        source = self.sources.get(group)
+        loc: Loc = ("tables", table) if table is not None else ("group",)
+        place = source.where(loc) if source else str(self.config.mappings / f"{group}.yaml")
+        return f"{place} (group {group!r})"
 
     def url(self, database: str) -> URL:
         db = self.config.databases[database]
@@ -319,6 +327,7 @@ def load_settings(path: Path) -> Settings:
                 )
     problems += _identity_problems(source, config)
     settings = Settings(path, config, groups)
+    settings.sources = {name: src for name, (_, src) in sources.items()}
     for name, db in config.databases.items():
         if db.role != "register":
             continue

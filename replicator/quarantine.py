@@ -123,7 +123,7 @@ class Quarantine:
                 .where(q.job == self.job, q.table_name == table, q.row_key == row_key)
                 .values(attempts=q.attempts + 1, **values)
             )
-            return old[0] == DISMISSED
+            return bool(old[0] == DISMISSED)
         conn.execute(
             sa.insert(self.ct.quarantine).values(
                 job=self.job,

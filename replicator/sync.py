@@ -21,6 +21,7 @@ and one with another identity was replaced: see `_identity`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -127,7 +128,8 @@ class JobRunner:
         self.target_node = job.target_node
         self.page_rows = settings.config.sync.page_rows
         self.batch_rows = settings.config.sync.batch_rows
-        self.where = f"group {job.group!r} ({settings.config.mappings / (job.group + '.yaml')})"
+        self.settings = settings
+        self.where = settings.where(job.group)
         self.split = self.group.direction == "server_to_register"
         self._plans: list[TablePlan] | None = None
         self.reader = Reader(
@@ -142,7 +144,7 @@ class JobRunner:
         self.quarantine = Quarantine(self.target.ct, job.name)
         self.log = logger.bind(job=job.name)
         hold = self.target.write_hold_seconds if self.split else None
-        self.chunk_rows = min(self.batch_rows, 1000) if hold else self.batch_rows
+        self.chunk_rows = min(self.batch_rows, 200) if hold else self.batch_rows
         self._warned: set[str] = set()
         self.max_batches: int | None = None
 
@@ -156,8 +158,8 @@ class JobRunner:
                 self.target, [m.target_table for m in self.group.tables], "target"
             )
             self._plans = [
-                build_plan(m, s, t, self.job.vars, self.where)
-                for m, s, t in zip(self.group.tables, sources, targets, strict=True)
+                build_plan(m, s, t, self.job.vars, self.settings.where(self.job.group, i))
+                for i, (m, s, t) in enumerate(zip(self.group.tables, sources, targets, strict=True))
             ]
         return self._plans
 
@@ -172,8 +174,13 @@ class JobRunner:
         try:
             return backend.table(conn, name)
         except sa_exc.NoSuchTableError:
+            index = next(
+                (i for i, m in enumerate(self.group.tables) if name in (m.source, m.target_table)),
+                None,
+            )
             raise ReplicatorError(
-                f"{self.where}: {side} table {name!r} does not exist in "
+                f"{self.settings.where(self.job.group, index)}: {side} table {name!r} does not "
+                f"exist in "
                 f"{backend.display_url}; fix the mapping or create the table"
             ) from None
 
@@ -580,15 +587,18 @@ class JobRunner:
             sconn, plan, [plan.source_codec.from_text(s) for s in by_source]
         )
         seen: set[str] = set()
-        rows, skeys, versions, settle = [], [], [], []
+        rows: list[Row] = []
+        skeys: list[Row] = []
+        versions: list[int | None] = []
+        settle: list[str] = []
         for cur in found:
             text = plan.source_codec.text(cur.source_key)
-            key = by_source.get(text)
-            if key is None:
+            held_key = by_source.get(text)
+            if held_key is None:
                 continue
             seen.add(text)
             if not cur.wanted:
-                settle.append(key)
+                settle.append(held_key)
             elif cur.version is not None and cur.version <= cut:
                 rows.append(cur.row)
                 skeys.append(cur.source_key)
@@ -647,6 +657,7 @@ class _Writer:
         self._saved: dict[str, tuple[Position, Position]] = {}
         self._stream_sp: Any = None
         self._stream: tuple[str, str | None] | None = None
+        self._tally_at_stream = Tally()
 
     def conn(self) -> Connection:
         if self._conn is None:
@@ -688,6 +699,7 @@ class _Writer:
                 self._stream_sp.commit()
             self._stream_sp = conn.begin_nested()
             self._stream = (label, kind)
+            self._tally_at_stream = dataclasses.replace(tr.tally)
         try:
             if split:
                 with conn.begin_nested():
@@ -698,6 +710,7 @@ class _Writer:
             if not split and self._stream_sp is not None:
                 self._stream_sp.rollback()
                 self._stream_sp, self._stream = None, None
+                tr.tally = self._tally_at_stream  # what the stream wrote is undone
                 # the stream's positions go back to where the batch began
                 if kind == "rows":
                     self.rows_pos[label] = self._start(label)[0]
@@ -791,7 +804,7 @@ class _Writer:
             raise _Enough()
         if r.split and hold and not final:
             # keep each write short, and leave the database free long enough for a sale
-            factor = min(2.0, max(0.25, hold * 0.8 / max(held, 1e-3)))
+            factor = min(1.5, max(0.25, hold * 0.8 / max(held, 1e-3)))
             r.chunk_rows = min(r.batch_rows, max(50, int(r.chunk_rows * factor)))
             time.sleep(r.target.write_pause_seconds)
 

@@ -66,7 +66,8 @@ def install(settings: Settings, databases: Databases, names: list[str] | None = 
                 for table in plan.tables:
                     if not backend.has_table(conn, table.name):
                         raise ReplicatorError(
-                            f"database {name!r}: table {table.name!r} does not exist; create "
+                            f"{_where(settings, table.name)}: database {name!r}: source table "
+                            f"{table.name!r} does not exist; create "
                             "it or fix the mapping's source"
                         )
                     for stmt in backend.tracking_ddl(conn, table):
@@ -83,3 +84,12 @@ def printable(statements: list[str]) -> str:
         text = stmt.strip()
         out.append(text if text.endswith(";") else text + ";")
     return "\n\n".join(out) + "\n"
+
+
+def _where(settings: Settings, source_table: str) -> str:
+    """The mapping file and line that names a source table."""
+    for group, mapping in settings.groups.items():
+        for index, table in enumerate(mapping.tables):
+            if table.source == source_table:
+                return settings.where(group, index)
+    return str(settings.config.mappings)

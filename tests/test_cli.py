@@ -105,7 +105,10 @@ def test_check_finds_key_without_constraint_and_bad_types(
         """
         },
     )
-    assert run("-c", str(config), "setup")[0] == 0
+    code, out = run("-c", str(config), "setup")
+    assert code == 3, "setup must not pass a mapping that check rejects"
+    assert "change tracking is installed, but 1 problem(s) remain" in out
+    assert "mappings/g.yaml:4 (group 'g'): table 't': target key ['id']" in out
     code, out = run("-c", str(config), "check")
     assert code == 3
     assert "target key ['id'] is not the primary key or a unique constraint" in out

@@ -423,6 +423,11 @@ class Backend:
         """Sort a driver error into transient (retry later) or permanent (stop, report)."""
         if isinstance(exc, ReplicatorError):
             return exc
+        if getattr(getattr(exc, "orig", None), "sqlstate", None) == "42501":
+            return PermanentError(
+                f"{self.display_url}: {first_line(exc)}; the replicator's role lacks a "
+                "privilege: run `replicator check` to see the GRANTs it needs"
+            )
         if isinstance(exc, UnicodeError | ValueError | TypeError):
             return PermanentError(f"{self.display_url}: bad value: {exc}")
         if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):

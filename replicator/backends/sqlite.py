@@ -32,7 +32,7 @@ class SQLiteBackend(Backend):
     bisect_seconds = 5.0  # a register's write lock: sales wait meanwhile
     # SQLite's busy handler sleeps up to 100 ms between attempts: a pause longer than that
     # after each short commit lets a waiting sale take the lock before the next one.
-    write_hold_seconds = 0.1
+    write_hold_seconds = 0.05
     write_pause_seconds = 0.12
     _has_session = False
 
@@ -236,11 +236,11 @@ def _displacing_sets(conn: Connection, table: TrackedTable) -> list[list[tuple[s
     if pk:
         found.append([(name, "BINARY") for name in pk])
     for index, _ in indexes:
-        columns = conn.exec_driver_sql(
+        info = conn.exec_driver_sql(
             "SELECT name, coll FROM pragma_index_xinfo(?) WHERE key ORDER BY seqno", (index,)
         ).all()
-        if columns and all(name is not None for name, _ in columns):
-            found.append([(name, coll or "BINARY") for name, coll in columns])
+        if info and all(name is not None for name, _ in info):
+            found.append([(str(name), str(coll or "BINARY")) for name, coll in info])
     out: list[list[tuple[str, str]]] = []
     for columns in found:
         binary = {name for name, coll in columns if coll.upper() == "BINARY"}
