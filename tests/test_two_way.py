@@ -53,7 +53,11 @@ def test_an_edit_on_both_sides_converges(
         )
     )
     node.setup()
-    execute(server, "INSERT INTO customer (customer_id, name, updated_at) VALUES (1, 'Ana', '2024-01-01T10:00')")
+    execute(
+        server,
+        "INSERT INTO customer (customer_id, name, updated_at) "
+        "VALUES (1, 'Ana', '2024-01-01T10:00')",
+    )
     node.sync("cadastros")
     execute(register, "UPDATE customer SET name = 'Ana Maria', updated_at = '2024-01-02T09:00'")
     execute(server, "UPDATE customer SET name = 'Ana M.', updated_at = '2024-01-02T11:00'")
