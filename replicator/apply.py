@@ -14,6 +14,8 @@ from sqlalchemy.engine import Connection
 
 from replicator.backends import Backend
 from replicator.backends.base import Row, chunks
+from replicator.codec import Codec
+from replicator.position import Position
 from replicator.quarantine import CONFLICT, WAITING, Budget, Quarantine
 from replicator.transform import TablePlan
 
@@ -50,6 +52,11 @@ class TableRound:
     streamed: set[str] = field(default_factory=set)  # held keys seen in this batch's stream
     fenced: bool = False
     tally: Tally = field(default_factory=Tally)
+    # per foreign key to another table of the group: (parent label, parent codec, the
+    # positions in this table's rows of the parent's key columns)
+    parents: list[tuple[str, Codec, list[int]]] = field(default_factory=list)
+    # two-way tables: where the reverse job stands, and the target's change column
+    reverse: tuple[Position, str] | None = None
 
 
 class Applier:
@@ -85,11 +92,14 @@ class Applier:
         if adapt is not None:
             rows = [adapt(r) for r in rows]
         items = list(zip(rows, source_keys, versions, strict=True))
-        keys = [plan.target_key_text(r) for r in rows]
-        if tr.held:
-            tr.streamed.update(k for k in keys if k in tr.held)
-        if tr.fenced:
-            items = self._unfenced(conn, tr, items, keys)
+        if tr.held or tr.fenced:  # key texts only where they are compared
+            keys = [plan.target_key_text(r) for r in rows]
+            if tr.held:
+                tr.streamed.update(k for k in keys if k in tr.held)
+            if tr.fenced:
+                items = self._unfenced(conn, tr, items, keys)
+        if tr.reverse is not None and plan.conflict.rule != "keep_target":
+            self._both_changed(conn, tr, items)
         kept: list[Row] = []
 
         def write(part: Sequence[tuple[Row, Row, int | None]]) -> None:
@@ -100,7 +110,11 @@ class Applier:
                 )
             )
 
-        bad = self._bisect(conn, items, write, tr.budget)
+        def found(item: tuple[Row, Row, int | None], state: str) -> None:
+            # counted as soon as found, so a table that refuses everything stops quickly
+            tr.budget.refused(state != WAITING and plan.target_key_text(item[0]) not in tr.held)
+
+        bad = self._bisect(conn, items, write, tr.budget, found)
         failed = set()
         for (row, skey, version), reason, state in bad:
             text = plan.target_key_text(row)
@@ -115,34 +129,95 @@ class Applier:
                 state,
                 version or 0,
             )
-            tr.budget.refused(new and state != WAITING)
             if new:
                 self.log.bind(table=plan.label).warning(
                     "held ({}) {}: {}", state, text, reason.splitlines()[0]
                 )
-        by_key = {plan.target_key_text(r): (r, s, v) for r, s, v in items}
-        for key in kept:
-            text = plan.target_codec.text(key)
-            failed.add(text)
-            hit: tuple[Row | None, Row | None, int | None] = by_key.get(text, (None, None, None))
-            row_kept, skey_kept, version_kept = hit
-            self.quarantine.record(
-                conn,
-                plan.label,
-                text,
-                plan.source_codec.text(skey_kept) if skey_kept is not None else None,
-                dict(zip(plan.columns, row_kept, strict=True)) if row_kept is not None else None,
-                KEEP_TARGET,
-                CONFLICT,
-                version_kept or 0,
-            )
+        if kept:
+            by_key = {plan.target_key_text(r): (r, s, v) for r, s, v in items}
+            for key in kept:
+                text = plan.target_codec.text(key)
+                failed.add(text)
+                hit: tuple[Row | None, Row | None, int | None] = by_key.get(
+                    text, (None, None, None)
+                )
+                row_kept, skey_kept, version_kept = hit
+                self.quarantine.record(
+                    conn,
+                    plan.label,
+                    text,
+                    plan.source_codec.text(skey_kept) if skey_kept is not None else None,
+                    dict(zip(plan.columns, row_kept, strict=True))
+                    if row_kept is not None
+                    else None,
+                    KEEP_TARGET,
+                    CONFLICT,
+                    version_kept or 0,
+                )
         tr.tally.quarantined += len(bad)
         tr.tally.conflicts += len(kept)
         tr.tally.upserts += len(items) - len(bad) - len(kept)
         if tr.held:
-            done = [k for k in by_key if k in tr.held and k not in failed]
+            done = [
+                k
+                for k in (plan.target_key_text(r) for r, _, _ in items)
+                if k in tr.held and k not in failed
+            ]
             if done:
                 tr.tally.resolved += self.quarantine.resolve(conn, plan.label, done)
+
+    def _both_changed(
+        self, conn: Connection, tr: TableRound, items: list[tuple[Row, Row, int | None]]
+    ) -> None:
+        """Two-way tables: a target row changed on the target (by its application or another
+        node) after the reverse job last sent this table, that the incoming row would change
+        too, was edited on both sides. The table's rule decides which edit stays; the other
+        is recorded as a conflict, with the row it had, so no edit is lost silently."""
+        assert tr.reverse is not None
+        plan = tr.plan
+        back, change = tr.reverse
+        table = plan.target
+        version, origin = table.c[change], table.c["repl_origin"]
+        incoming = {plan.target_key_text(r): (r, s, v) for r, s, v in items}
+        size = max(1, self.target.capabilities.max_bind_params // max(1, len(plan.target_key)) - 1)
+        rows = [r for r, _, _ in items]
+        for part in chunks(rows, size):
+            cond = sa.tuple_(*[table.c[k] for k in plan.target_key]).in_(
+                [tuple(r[i] for i in plan.key_index) for r in part]
+            )
+            stmt = sa.select(*[table.c[c] for c in plan.columns]).where(
+                cond,
+                version > back.version,
+                sa.or_(origin.is_(None), origin != self.source_node),
+            )
+            for there in conn.execute(stmt):
+                key = plan.target_key_text(tuple(there))
+                row, skey, ver = incoming[key]
+                if plan.row_codec.same(tuple(there), row):
+                    continue
+                lost, decided = tuple(there), f"{self.source_node}'s row replaced it (source_wins)"
+                if plan.conflict.rule == "newer_wins" and plan.conflict.column:
+                    i = plan.columns.index(plan.conflict.column)
+                    if not _greater(row[i], there[i]):
+                        lost = row
+                        decided = f"the target's row is newer ({plan.conflict.column}) and stays"
+                    else:
+                        decided = f"{self.source_node}'s row is newer ({plan.conflict.column})"
+                self.quarantine.record(
+                    conn,
+                    plan.label,
+                    key,
+                    plan.source_codec.text(skey),
+                    dict(zip(plan.columns, lost, strict=True)),
+                    f"conflict: {plan.label} {key} was changed on both sides since the last "
+                    f"sync; {decided}; the version that lost is kept in this record",
+                    CONFLICT,
+                    ver or 0,
+                )
+                tr.tally.conflicts += 1
+                self.log.bind(table=plan.label).warning(
+                    "edited on both sides: {} ({})", key, decided
+                )
 
     def _unfenced(
         self,
@@ -156,7 +231,7 @@ class Applier:
         plan = tr.plan
         fenced = self._fenced(conn, plan, keys)
         if not fenced:
-            return items
+            return self._orphans_of_conflicts(conn, tr, items)
         existing = self._target_rows(
             conn, plan, [items[i][0] for i, k in enumerate(keys) if k in fenced]
         )
@@ -186,7 +261,45 @@ class Applier:
             )
             tr.tally.conflicts += 1
         self._lift(conn, plan, lift)
-        return out
+        return self._orphans_of_conflicts(conn, tr, out)
+
+    def _orphans_of_conflicts(
+        self, conn: Connection, tr: TableRound, items: list[tuple[Row, Row, int | None]]
+    ) -> list[tuple[Row, Row, int | None]]:
+        """Rows whose parent (a foreign key to another table of the group) is held as a
+        conflict are held with it: a new item never hangs under an archived sale."""
+        if not tr.parents or not items:
+            return items
+        q = self.target.ct.quarantine.c
+        held: list[bool] = [False] * len(items)
+        for label, codec, index in tr.parents:
+            keys = [codec.text([row[i] for i in index]) for row, _, _ in items]
+            found: set[str] = set()
+            for part in chunks(sorted(set(keys)), 500):
+                stmt = sa.select(q.row_key).where(
+                    q.job == self.job,
+                    q.table_name == label,
+                    q.status == CONFLICT,
+                    q.row_key.in_(part),
+                )
+                found.update(conn.execute(stmt).scalars())
+            for n, key in enumerate(keys):
+                if key in found:
+                    held[n] = True
+                    row, skey, version = items[n]
+                    self.quarantine.record(
+                        conn,
+                        tr.plan.label,
+                        tr.plan.target_key_text(row),
+                        tr.plan.source_codec.text(skey),
+                        dict(zip(tr.plan.columns, row, strict=True)),
+                        f"conflict: its parent {label} {key} is held as a conflict (written by "
+                        f"an earlier incarnation of {self.source_node}); held with it",
+                        CONFLICT,
+                        version or 0,
+                    )
+                    tr.tally.conflicts += 1
+        return [item for item, h in zip(items, held, strict=True) if not h]
 
     def _fenced(self, conn: Connection, plan: TablePlan, keys: Sequence[str]) -> set[str]:
         f = self.target.ct.fence.c
@@ -260,13 +373,16 @@ class Applier:
                 conn, plan.target, plan.target_key, [k for k, _ in part], plan.soft_delete
             )
 
-        bad = self._bisect(conn, items, delete, tr.budget)
+        def found(item: tuple[Row, Row], state: str) -> None:
+            tr.budget.refused(state != WAITING and plan.target_codec.text(item[0]) not in tr.held)
+
+        bad = self._bisect(conn, items, delete, tr.budget, found)
         failed = set()
-        for (key, skey), reason, state in bad:
+        for (key, skey), reason, _state in bad:
             text = plan.target_codec.text(key)
             failed.add(text)
             # a refused delete is never "waiting": a row that refers to it is what stops it
-            new = self.quarantine.record(
+            self.quarantine.record(
                 conn,
                 plan.label,
                 text,
@@ -275,7 +391,6 @@ class Applier:
                 f"delete refused: {reason}",
                 "refused",
             )
-            tr.budget.refused(new and state != WAITING)
         tr.tally.quarantined += len(bad)
         tr.tally.deletes += len(items) - len(bad)
         if tr.held:
@@ -295,6 +410,7 @@ class Applier:
         items: Sequence[T],
         fn: Callable[[Sequence[T]], None],
         budget: Budget,
+        found: Callable[[T, str], None],
     ) -> list[tuple[T, str, str]]:
         """Apply `items`; on a row error split in halves until the refused ones are alone
         (row by row once many are found in one page). Each attempt is a savepoint."""
@@ -314,6 +430,7 @@ class Applier:
                 budget.tick(reason)
             if len(part) == 1:
                 bad.append((part[0], reason, state))
+                found(part[0], state)
             elif len(bad) >= ONE_BY_ONE_AFTER:
                 stack.extend([x] for x in reversed(part))
             else:
@@ -321,3 +438,15 @@ class Applier:
                 stack.append(part[mid:])
                 stack.append(part[:mid])
         return bad
+
+
+def _greater(new: Any, old: Any) -> bool:
+    """newer_wins: whether the incoming value wins (as the upsert's SQL decides)."""
+    if old is None:
+        return True
+    if new is None:
+        return False
+    try:
+        return bool(new > old)
+    except TypeError:
+        return str(new) > str(old)

@@ -100,8 +100,8 @@ SELECT n.nspname, s.relname, a.attname, has_sequence_privilege(s.oid, 'USAGE') A
 # what it does with them: reads the tombstones and the database's identity, records what it
 # has applied.
 SOURCE_CONTROLS: dict[str, tuple[str, ...]] = {
-    "tombstone": ("SELECT",),
-    "incarnation": ("SELECT",),
+    "tombstone": ("SELECT", "DELETE"),  # deleted keys are read, then purged once applied
+    "incarnation": ("SELECT", "INSERT", "UPDATE"),  # renewed when a restore is found
     "ack": WRITE,
 }
 

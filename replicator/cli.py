@@ -161,9 +161,17 @@ def _check_after_setup(ctx: Ctx, settings: Settings, dbs: Any) -> None:
 )
 @click.option("--database", "names", multiple=True, help="only this database (repeatable)")
 @JSON_OPTION
+@click.option(
+    "--new-identity",
+    is_flag=True,
+    help="give the databases a new incarnation (a backup restored again, a copied file); "
+    "needs --database",
+)
 @click.pass_obj
 @failing_loud
-def setup(ctx: Ctx, print_only: bool, names: tuple[str, ...], as_json: bool) -> None:
+def setup(
+    ctx: Ctx, print_only: bool, names: tuple[str, ...], as_json: bool, new_identity: bool
+) -> None:
     """Install change tracking and control tables (or --print them)."""
     from replicator.preflight import reachable
     from replicator.tracking import install, printable, setup_script
@@ -194,8 +202,13 @@ def setup(ctx: Ctx, print_only: bool, names: tuple[str, ...], as_json: bool) -> 
                 click.echo(f"-- database {name}: {dbs[name].display_url}\n")
                 click.echo(printable(statements))
             return
+        if new_identity and not names:
+            raise ReplicatorError(
+                "--new-identity needs --database NAME: only the database that was copied or "
+                "restored again gets a new identity"
+            )
         reachable(dbs, targets)
-        install(settings, dbs, targets)
+        install(settings, dbs, targets, new_identity=new_identity)
         _check_after_setup(ctx, settings, dbs)
         if as_json:
             _emit_json(
@@ -389,6 +402,8 @@ def print_status(rows: list[Any]) -> None:
     from replicator.status import status_table
 
     out.print(status_table(rows))
+    for warning in dict.fromkeys(r.warning for r in rows if r.warning):
+        out.print(f"warning  {mask(warning)}", markup=False)
 
 
 @cli.command()

@@ -55,10 +55,16 @@ class Budget:
 
     def tick(self, reason: str) -> None:
         """A write failed for some row: keep the clock; past the time budget, stop."""
+        if self.first is None:
+            self.first = reason
         if self.started is None:
-            self.started, self.first = time.monotonic(), reason
+            self.started = time.monotonic()
         elif time.monotonic() - self.started > self.seconds:
             self.stop(f"searching for refused rows took longer than {self.seconds:.0f}s")
+
+    def new_transaction(self) -> None:
+        """The time bound is about holding the target's lock: it restarts with each one."""
+        self.started = None
 
     def refused(self, new: bool) -> None:
         if new:

@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection
 from replicator.apply import Applier, TableRound, Tally
 from replicator.backends import Backend, open_backend
 from replicator.backends.base import Row
+from replicator.codec import Codec
 from replicator.config import Job, Settings
 from replicator.errors import BusyError, PermanentError, ReplicatorError
 from replicator.mapping import MappingFile
@@ -147,6 +148,35 @@ class JobRunner:
         self.chunk_rows = min(self.batch_rows, 200) if hold else self.batch_rows
         self._warned: set[str] = set()
         self.max_batches: int | None = None
+        self.reverse = self._reverse_jobs(settings)
+
+    def _reverse_jobs(self, settings: Settings) -> dict[str, tuple[str, str, str]]:
+        """Two-way tables: per table label, the job that copies the same rows the other way
+        (its name, its label for the table, and the change column on our target)."""
+        out = {}
+        for group in settings.groups.values():
+            if group.direction == self.group.direction:
+                continue
+            for back in group.tables:
+                for mine in self.group.tables:
+                    if back.source == mine.target_table and back.target_table == mine.source:
+                        name = f"{group.group}:{self.target_node}->{self.source_node}"
+                        out[mine.label] = (name, back.label, back.change_column)
+        return out
+
+    def _reverse_positions(self, sconn: Connection) -> dict[str, Position]:
+        """Where the reverse jobs stand, read from the source (it is their target): a target
+        row changed after that position has not reached the source yet."""
+        out: dict[str, Position] = {}
+        if not self.reverse:
+            return out
+        st = self.source.ct.state.c
+        for label, (job, back, _) in self.reverse.items():
+            row = sconn.execute(
+                sa.select(st.version, st.row_key).where(st.job == job, st.table_name == back)
+            ).first()
+            out[label] = Position(int(row[0]), row[1]) if row else Position()
+        return out
 
     # --- plans ---------------------------------------------------------------------------
     def plans(self) -> list[TablePlan]:
@@ -239,8 +269,9 @@ class JobRunner:
         try:
             with self.source.read_snapshot() as sconn:
                 pos = self.source.source_position(sconn, self.job.name)
-                if pos.blocker and pos.blocker not in self._warned:
-                    self._warned.add(pos.blocker)
+                blocker = (pos.blocker or "").split(" open for ")[0]
+                if blocker and blocker not in self._warned:
+                    self._warned.add(blocker)
                     self.log.warning("source {}: {}", self.source.display_url, pos.blocker)
                 if self._identity(pos, ts):
                     return True
@@ -265,7 +296,8 @@ class JobRunner:
                 purged = self._ack(pos, seq, confirmed)
                 if purged:
                     self.log.info("{} tombstones purged at the source", purged)
-                return self._apply(sconn, plans, ts, pos, cut, seq, result, max_batches)
+                reverse = self._reverse_positions(sconn)
+                return self._apply(sconn, plans, ts, pos, cut, seq, result, max_batches, reverse)
         except sa_exc.SQLAlchemyError as exc:
             raise self.source.classify(exc) from exc
 
@@ -319,7 +351,8 @@ class JobRunner:
                 "left behind when it found that node restored or replaced: two databases act "
                 f"as node {self.source_node!r} (a copied database file, or two registers "
                 "configured with the same node name). Give each database its own `node` in "
-                "replicator.toml, or retire the old copy"
+                "replicator.toml; if this database is a backup restored once more, give it a "
+                f"new identity: `replicator setup --database {self.job.source} --new-identity`"
             )
         self._new_incarnation(ts, pos.incarnation, "replaced by another database")
         return True
@@ -331,6 +364,7 @@ class JobRunner:
         held as a conflict instead of overwriting it."""
         assert ts.job is not None
         fence = not self.split
+        self.source.forget_bound()
         # the source first: it always knows at least the batch the target has applied
         self._ack(SourcePosition(0, incarnation, None), ts.job.seq, 0)
         self.log.warning(
@@ -370,6 +404,13 @@ class JobRunner:
             )
             if i is None
         ]
+        if not where:
+            # no {register_id}-like column in the key: the table is shared by every node
+            # (uuids, server-assigned keys), so one register cannot own its rows
+            self.log.bind(table=plan.label).info(
+                "not fenced: its target key has no node variable, rows are shared"
+            )
+            return
         f = self.target.ct.fence
         stmt = sa.select(*cols).where(*where)
         everything = conn.execute(stmt).all()
@@ -475,6 +516,7 @@ class JobRunner:
         seq: int,
         result: JobResult,
         max_batches: int | None,
+        reverse: dict[str, Position] | None = None,
     ) -> bool:
         rounds = {
             p.label: TableRound(
@@ -485,6 +527,16 @@ class JobRunner:
             )
             for p in plans
         }
+        for label, back in (reverse or {}).items():
+            change = self.reverse[label][2]
+            target = rounds[label].plan.target
+            if change in target.c and "repl_origin" in target.c:
+                rounds[label].reverse = (back, change)
+        if ts.fenced:
+            for plan in plans:
+                tr = rounds[plan.label]
+                tr.parents = _parents(plan, plans)
+                tr.fenced = tr.fenced or bool(tr.parents)
         rows_pos = {p.label: self._rows_pos(ts, p) for p in plans}
         tombs_pos = {p.label: self._tombs_pos(ts, p) for p in plans}
         errors: dict[str, str] = {}
@@ -664,6 +716,8 @@ class _Writer:
             self._stack = contextlib.ExitStack()
             self._conn = self._stack.enter_context(self.r.target.write(self.r.job.name))
             self._opened = time.monotonic()
+            for tr in self.rounds.values():
+                tr.budget.new_transaction()
             self.r._verify(self._conn, self._state_now())
             self.r.target.mark_origin(self._conn, self.r.source_node)
         return self._conn
@@ -806,13 +860,37 @@ class _Writer:
             # keep each write short, and leave the database free long enough for a sale
             factor = min(1.5, max(0.25, hold * 0.8 / max(held, 1e-3)))
             r.chunk_rows = min(r.batch_rows, max(50, int(r.chunk_rows * factor)))
-            time.sleep(r.target.write_pause_seconds)
+            time.sleep(r.target.pause_after(held))
 
     def abort(self) -> None:
         if self._stack is not None:
             stack, self._stack, self._conn = self._stack, None, None
             with contextlib.suppress(Exception):
                 stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+
+def _parents(plan: TablePlan, plans: Sequence[TablePlan]) -> list[tuple[str, Codec, list[int]]]:
+    """The target's foreign keys from this table to the other tables of the group, as the
+    positions in this table's mapped rows of each parent's target key."""
+    out = []
+    for fkc in plan.target.foreign_key_constraints:
+        referred = fkc.referred_table
+        parent = next(
+            (
+                p
+                for p in plans
+                if (p.target.name, p.target.schema) == (referred.name, referred.schema)
+            ),
+            None,
+        )
+        if parent is None or parent is plan:
+            continue
+        to_child = {el.column.name: el.parent.name for el in fkc.elements}
+        cols = [to_child.get(k) for k in parent.target_key]
+        if any(c is None or c not in plan.columns for c in cols):
+            continue
+        out.append((parent.label, parent.target_codec, [plan.columns.index(str(c)) for c in cols]))
+    return out
 
 
 class _Enough(Exception):

@@ -45,8 +45,14 @@ def setup_script(settings: Settings, databases: Databases, name: str) -> list[st
     return statements + [s for t in plan.tables for s in backend.tracking_ddl(None, t)]
 
 
-def install(settings: Settings, databases: Databases, names: list[str] | None = None) -> None:
-    """Install control tables and tracking, one transaction per database."""
+def install(
+    settings: Settings,
+    databases: Databases,
+    names: list[str] | None = None,
+    new_identity: bool = False,
+) -> None:
+    """Install control tables and tracking, one transaction per database. `new_identity`:
+    give each database a new incarnation (a backup restored again, a copied file)."""
     for name in names or list(settings.config.databases):
         backend = databases[name]
         plan = tracked_tables(settings)[name]
@@ -63,6 +69,9 @@ def install(settings: Settings, databases: Databases, names: list[str] | None = 
                     conn.exec_driver_sql(stmt)
                 backend.ct.metadata.create_all(conn)
                 backend.ensure_incarnation(conn)
+                if new_identity:
+                    backend.renew_identity(conn, "new identity requested with setup")
+                    log.warning("{} has a new identity: its jobs read it again", name)
                 for table in plan.tables:
                     if not backend.has_table(conn, table.name):
                         raise ReplicatorError(

@@ -49,12 +49,15 @@ SERVER_DDL = (
 )
 
 
-def sell(url: str, first: int, count: int, tag: str) -> None:
+def sell(url: str, first: int, count: int, tag: str, lines: int = 1) -> None:
     stmts = []
     for i in range(first, first + count):
         cents = sum(map(ord, tag)) % 100
         stmts.append(f"INSERT INTO sale (sale_id, total) VALUES ({i}, {i}.{cents:02d})")
-        stmts.append(f"INSERT INTO sale_item (sale_id, line, product) VALUES ({i}, 1, '{tag}')")
+        for line in range(1, lines + 1):
+            stmts.append(
+                f"INSERT INTO sale_item (sale_id, line, product) VALUES ({i}, {line}, '{tag}')"
+            )
     execute(url, *stmts)
 
 
@@ -102,7 +105,7 @@ def test_register_restored_from_backup_keeps_archived_sales(
     shutil.copy(tmp_path / "backup.db", path)  # restored, then it sells past the old mark
     for suffix in ("-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
-    sell(register, 51, 80, "after restore")
+    sell(register, 51, 80, "after restore", lines=2)  # a second line the old sales lack
     node = Node(config)
     node.sync()
     now = rows(server, "sale")
@@ -113,17 +116,18 @@ def test_register_restored_from_backup_keeps_archived_sales(
     assert {r[3] for r in items if 50 < r[1] <= 100} == {"lost day"}, "items stay with their sale"
     assert {r[3] for r in items if r[1] > 100} == {"after restore"}
     conflicts = [h for h in held(node) if h[2] == "conflict"]
-    assert len(conflicts) == 100, "50 sales and their 50 items wait for an operator"
+    assert len(conflicts) == 150, "50 sales and their 100 items wait for an operator"
+    assert ("sale_item", "[3,51,2]", "conflict") in conflicts, "never under the archived sale"
     assert ("sale", "[3,51]", "conflict") in conflicts
     # status shows them, and exits non-zero only for errors (conflicts are not errors)
     result = CliRunner().invoke(cli, ["--config", str(config), "status", "--json"])
     shown = {r["table"]: r["conflicts"] for r in json.loads(result.output)}
-    assert shown == {"sale": 50, "sale_item": 50}, result.output
+    assert shown == {"sale": 50, "sale_item": 100}, result.output
     # a later sale goes through, and the conflicts stay put
     sell(register, 131, 1, "next day")
     node.sync()
     assert len(rows(server, "sale")) == 131
-    assert len([h for h in held(node) if h[2] == "conflict"]) == 100
+    assert len([h for h in held(node) if h[2] == "conflict"]) == 150
     node.close()
 
 
@@ -222,4 +226,38 @@ def test_tombstones_are_purged_once_every_target_applied_them(
     execute(server, "UPDATE product SET name = 'x' WHERE product_id = 6")
     node.sync()  # the next batch tells the source the deletes were applied
     assert scalar(server, "SELECT count(*) FROM replicator.tombstone") == 0
+    node.close()
+
+
+def test_the_same_backup_restored_twice_is_refused_until_given_a_new_identity(
+    store: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    config, register, server = store
+    path = Path(register.removeprefix("sqlite:///"))
+    sell(register, 1, 5, "before backup")
+    node = Node(config)
+    node.sync()
+    node.close()
+    shutil.copy(path, tmp_path / "backup.db")
+    sell(register, 6, 5, "lost day")
+    for _ in range(2):  # restored, sells, synced; then the same backup restored again
+        node = Node(config)
+        node.sync()
+        node.close()
+        shutil.copy(tmp_path / "backup.db", path)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        sell(register, 6, 1, "after restore")
+    node = Node(config)
+    with pytest.raises(PermanentError, match="--new-identity"):
+        node.sync()
+    node.close()
+    result = CliRunner().invoke(
+        cli, ["--config", str(config), "setup", "--database", "caixa", "--new-identity"]
+    )
+    assert result.exit_code == 0, result.output
+    node = Node(config)
+    node.sync()
+    assert len(rows(server, "sale")) == 10, "archived sales stay"
+    assert ("sale", "[3,6]", "conflict") in held(node)
     node.close()

@@ -205,7 +205,7 @@ def test_check_names_missing_grants(
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON replicator.quarantine TO {role};",
             f"GRANT USAGE ON SEQUENCE replicator.quarantine_id_seq TO {role};",
             f"GRANT SELECT ON public.prod TO {role};",
-            f"GRANT SELECT ON replicator.tombstone TO {role};",
+            f"GRANT SELECT, DELETE ON replicator.tombstone TO {role};",
         } <= set(grants), result.stderr
         assert "on table public.item (mapped target table)" in result.stderr
 

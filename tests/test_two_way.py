@@ -1,12 +1,15 @@
-"""Two-way tables (customers travel up with movement and down with the catalog): what happens
-when the same row is edited on both sides between syncs, exactly as docs/tracking.md says."""
+"""Two-way tables (customers travel up with movement and down with the catalog): the same row
+edited on both sides between syncs. Both sides end with the same row, the table's rule says
+which, and the edit that lost is recorded as a conflict (never lost silently)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from conftest import execute
 from support import Node, rows, write_node
 
@@ -70,7 +73,21 @@ def test_an_edit_on_both_sides_converges(
     assert up == down, "both sides end with the same row"
     if rule == "newer_wins":
         assert up[0][1] == "Ana M.", "the later edit wins whatever the order"
+        lost = "Ana Maria"
     else:
         winner = "Ana Maria" if first == "movimento" else "Ana M."
         assert up[0][1] == winner, "source_wins: the job that runs first wins"
+        lost = "Ana M." if first == "movimento" else "Ana Maria"
+    # the edit that lost is never lost silently: one conflict record holds it
+    records = [
+        (db, json.loads(data)["name"]) for db in ("server", "caixa") for data in held_data(node, db)
+    ]
+    assert [name for _, name in records] == [lost], records
     node.close()
+
+
+def held_data(node: Node, db: str) -> list[str]:
+    backend = node.dbs[db]
+    q = backend.ct.quarantine.c
+    with backend.engine.connect() as conn:
+        return list(conn.execute(sa.select(q.row_data).where(q.status == "conflict")).scalars())

@@ -27,6 +27,7 @@ from replicator.state import ControlTables, control_tables, now
 from replicator.values import zone_adapter
 
 Row = tuple[Any, ...]
+PURGE_PAGE = 5000  # tombstones purged per batch at most
 ORIGIN_COLUMN = "repl_origin"
 
 
@@ -67,7 +68,11 @@ class Backend:
     # longest a write transaction should hold the database, and the pause after it, so that
     # a sale waiting in the busy handler gets in (None: no limit, no pause).
     write_hold_seconds: ClassVar[float | None] = None
-    write_pause_seconds: ClassVar[float] = 0.0
+
+    def pause_after(self, held: float) -> float:
+        """Seconds to leave the database free after a write transaction that held it for
+        `held` seconds, so that a writer waiting for it gets in."""
+        return 0.0
 
     def __init__(
         self, url: URL, node: str, lock_timeout_ms: int = 2000, timezone: str | None = None
@@ -169,6 +174,9 @@ class Backend:
             blocker=self.blocker(conn),
         )
 
+    def forget_bound(self) -> None:
+        """The database is another incarnation: an earlier bound no longer holds."""
+
     def blocker(self, conn: Connection) -> str | None:
         """The oldest open writing transaction that holds the bound back, when it is old."""
         return None
@@ -192,10 +200,16 @@ class Backend:
             floor = conn.execute(sa.select(sa.func.min(a.confirmed))).scalar()
             if not floor:
                 return 0
+            # a page at a time: on a register this runs under its write lock
             t = self.ct.tombstone.c
+            page = sa.select(t.id).where(t.version < floor).limit(PURGE_PAGE).scalar_subquery()
             return int(
-                conn.execute(sa.delete(self.ct.tombstone).where(t.version < floor)).rowcount or 0
+                conn.execute(sa.delete(self.ct.tombstone).where(t.id.in_(page))).rowcount or 0
             )
+
+    def renew_identity(self, conn: Connection, reason: str) -> None:
+        """Setup --new-identity: this database starts a history of its own."""
+        self._set_incarnation(conn, uuid.uuid4().hex, reason)
 
     def new_incarnation(self, reason: str) -> str:
         """Give this database a new identity (its history diverged from what targets saw)."""

@@ -193,6 +193,9 @@ class PostgreSQLBackend(Backend):
         self._last_bound = value
         return value
 
+    def forget_bound(self) -> None:
+        self._last_bound = 0
+
     def source_position(self, conn: Connection, job: str) -> SourcePosition:
         self.refuse_standby(conn)
         return super().source_position(conn, job)

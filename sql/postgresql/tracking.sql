@@ -3,8 +3,9 @@
 -- {dollar} is a dollar quote ($repl_<8 hex>$) that occurs nowhere in the filled bodies.
 --
 -- {version}: the id of the writing transaction (pg_current_xact_id, xid8, as bigint). A reader
---   takes only rows whose id is below pg_snapshot_xmin(pg_current_snapshot()): every such
---   transaction has ended, so a late commit of an old transaction is never skipped.
+--   takes only rows whose id is below the oldest transaction of this database still running
+--   in its snapshot (SAFE_BOUND in replicator/backends/postgresql.py): every such transaction
+--   has ended, so a late commit of an old transaction is never skipped.
 -- {origin}: the node whose replicator wrote the row (NULL for the application's own writes);
 --   the replicator sets it per transaction with set_config('replicator.origin', ..., true) so
 --   its writes are not sent back to where they came from (no echo).
