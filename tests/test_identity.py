@@ -261,3 +261,54 @@ def test_the_same_backup_restored_twice_is_refused_until_given_a_new_identity(
     assert len(rows(server, "sale")) == 10, "archived sales stay"
     assert ("sale", "[3,6]", "conflict") in held(node)
     node.close()
+
+
+def test_setup_run_again_leaves_the_sqlite_clock_alone(
+    sqlite_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """A second `setup` stamps nothing new, so it must not move the version counter (the
+    clock of every register)."""
+    server, register = sqlite_database(), sqlite_database()
+    execute(register, *REGISTER_DDL)
+    execute(server, *SERVER_DDL)
+    node = Node(write_node(tmp_path, server, register, {"movimento": SALES}))
+    node.setup()
+    sell(register, 1, 3, "x")
+    clock = scalar(register, "SELECT version FROM replicator_clock")
+    node.setup()
+    node.setup()
+    assert scalar(register, "SELECT version FROM replicator_clock") == clock
+    node.close()
+
+
+def test_a_long_transaction_at_the_source_is_named_in_status(
+    pg_database: Callable[[], str], tmp_path: Path
+) -> None:
+    import time
+
+    import psycopg
+
+    register, server = pg_database(), pg_database()
+    execute(register, *REGISTER_DDL)
+    execute(server, *SERVER_DDL)
+    config = write_node(tmp_path, server, register, {"movimento": SALES})
+    node = Node(config)
+    node.setup()
+    node.close()
+    blocker = psycopg.connect(
+        register.replace("postgresql+psycopg://", "postgresql://"), application_name="pdv-caixa"
+    )
+    blocker.execute("INSERT INTO sale (sale_id, total) VALUES (1, 1)")  # open, writing
+    pid = blocker.info.backend_pid
+    time.sleep(1.2)
+    from replicator.backends.postgresql import PostgreSQLBackend
+
+    old = PostgreSQLBackend.blocker_seconds
+    PostgreSQLBackend.blocker_seconds = 1
+    try:
+        result = CliRunner().invoke(cli, ["--config", str(config), "status"])
+    finally:
+        PostgreSQLBackend.blocker_seconds = old
+        blocker.rollback()
+        blocker.close()
+    assert f"transaction of pid {pid} (pdv-caixa" in result.output, result.output

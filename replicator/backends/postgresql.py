@@ -100,6 +100,7 @@ class PostgreSQLBackend(Backend):
     dialect = "postgresql"
     versions_are_transactions = True
     _last_bound = 0
+    blocker_seconds: float = BLOCKER_SECONDS  # age of a transaction worth a warning
     capabilities = Capabilities(max_bind_params=32767, bulk_copy=True, schemas=True)
     control_schema = "replicator"
     control_prefix = ""
@@ -201,7 +202,7 @@ class PostgreSQLBackend(Backend):
         return super().source_position(conn, job)
 
     def blocker(self, conn: Connection) -> str | None:
-        row = conn.exec_driver_sql(BLOCKER, {"age": BLOCKER_SECONDS}).first()
+        row = conn.exec_driver_sql(BLOCKER, {"age": self.blocker_seconds}).first()
         if row is None:
             return None
         pid, app, user, age, state = row
