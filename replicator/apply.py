@@ -119,12 +119,12 @@ class Applier:
         for (row, skey, version), reason, state in bad:
             text = plan.target_key_text(row)
             failed.add(text)
-            new = self.quarantine.record(
+            new = self._hold(
                 conn,
-                plan.label,
+                plan,
                 text,
-                plan.source_codec.text(skey),
-                dict(zip(plan.columns, row, strict=True)),
+                skey,
+                row,
                 reason,
                 state,
                 version or 0,
@@ -142,14 +142,12 @@ class Applier:
                     text, (None, None, None)
                 )
                 row_kept, skey_kept, version_kept = hit
-                self.quarantine.record(
+                self._hold(
                     conn,
-                    plan.label,
+                    plan,
                     text,
-                    plan.source_codec.text(skey_kept) if skey_kept is not None else None,
-                    dict(zip(plan.columns, row_kept, strict=True))
-                    if row_kept is not None
-                    else None,
+                    skey_kept,
+                    row_kept,
                     KEEP_TARGET,
                     CONFLICT,
                     version_kept or 0,
@@ -203,12 +201,12 @@ class Applier:
                         decided = f"the target's row is newer ({plan.conflict.column}) and stays"
                     else:
                         decided = f"{self.source_node}'s row is newer ({plan.conflict.column})"
-                self.quarantine.record(
+                self._hold(
                     conn,
-                    plan.label,
+                    plan,
                     key,
-                    plan.source_codec.text(skey),
-                    dict(zip(plan.columns, lost, strict=True)),
+                    skey,
+                    lost,
                     f"conflict: {plan.label} {key} was changed on both sides since the last "
                     f"sync; {decided}; the version that lost is kept in this record",
                     CONFLICT,
@@ -246,12 +244,12 @@ class Applier:
                 if there is None:
                     out.append((row, skey, version))
                 continue
-            self.quarantine.record(
+            self._hold(
                 conn,
-                plan.label,
+                plan,
                 key,
-                plan.source_codec.text(skey),
-                dict(zip(plan.columns, row, strict=True)),
+                skey,
+                row,
                 f"conflict: {plan.label} {key} on the target was written by an earlier "
                 f"incarnation of {self.source_node} (before it was restored from a backup or "
                 "replaced); the incoming row differs and was held back, the target keeps its "
@@ -287,12 +285,12 @@ class Applier:
                 if key in found:
                     held[n] = True
                     row, skey, version = items[n]
-                    self.quarantine.record(
+                    self._hold(
                         conn,
-                        tr.plan.label,
+                        tr.plan,
                         tr.plan.target_key_text(row),
-                        tr.plan.source_codec.text(skey),
-                        dict(zip(tr.plan.columns, row, strict=True)),
+                        skey,
+                        row,
                         f"conflict: its parent {label} {key} is held as a conflict (written by "
                         f"an earlier incarnation of {self.source_node}); held with it",
                         CONFLICT,
@@ -355,11 +353,11 @@ class Applier:
                 if text not in fenced:
                     kept.append((key, skey))
                     continue
-                self.quarantine.record(
+                self._hold(
                     conn,
-                    plan.label,
+                    plan,
                     text,
-                    plan.source_codec.text(skey),
+                    skey,
                     None,
                     f"conflict: {self.source_node} deleted {plan.label} {text}, which an "
                     "earlier incarnation of it wrote on the target; the target keeps its row",
@@ -382,11 +380,11 @@ class Applier:
             text = plan.target_codec.text(key)
             failed.add(text)
             # a refused delete is never "waiting": a row that refers to it is what stops it
-            self.quarantine.record(
+            self._hold(
                 conn,
-                plan.label,
+                plan,
                 text,
-                plan.source_codec.text(skey),
+                skey,
                 None,
                 f"delete refused: {reason}",
                 "refused",
@@ -402,6 +400,29 @@ class Applier:
         """Held keys with nothing left to send (filtered out, or an echo of the target)."""
         if keys:
             tr.tally.resolved += self.quarantine.resolve(conn, tr.plan.label, keys)
+
+    def _hold(
+        self,
+        conn: Connection,
+        plan: TablePlan,
+        key: str,
+        source_key: Row | None,
+        row: Row | None,
+        reason: str,
+        status: str,
+        version: int | None = 0,
+    ) -> bool:
+        """Record a row (or a delete, with no row) in the quarantine; True when new."""
+        return self.quarantine.record(
+            conn,
+            plan.label,
+            key,
+            plan.source_codec.text(source_key) if source_key is not None else None,
+            dict(zip(plan.columns, row, strict=True)) if row is not None else None,
+            reason,
+            status,
+            version or 0,
+        )
 
     # --- finding refused rows ---------------------------------------------------------------
     def _bisect(

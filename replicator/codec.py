@@ -64,13 +64,7 @@ def canon_value(kind: Kind, value: Any) -> Any:
     if value is None:
         return None
     try:
-        if kind == "int":
-            if isinstance(value, bool):
-                return int(value)
-            if isinstance(value, int):
-                return value
-            return _decimal_text(Decimal(str(value).strip()))
-        if kind == "dec":
+        if kind in ("int", "dec"):
             if isinstance(value, bool):
                 return int(value)
             if isinstance(value, int):

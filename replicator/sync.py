@@ -905,13 +905,17 @@ def _later(old: Position, new: Position) -> Position:
 
 
 def _rechunk(pages: Iterator[Sequence[T]], size: Any) -> Iterator[Sequence[T]]:
-    """Pages of at most size() items (the size may change between pages)."""
+    """Pages of exactly size() items but the last (the size may change between pages): a
+    write per `batch_rows` rows (or per short commit on a register), whatever the fetch size."""
+    buffer: list[T] = []
     for page in pages:
-        start = 0
-        while start < len(page):
+        buffer.extend(page)
+        while len(buffer) >= max(1, int(size())):
             n = max(1, int(size()))
-            yield page[start : start + n]
-            start += n
+            yield buffer[:n]
+            buffer = buffer[n:]
+    if buffer:
+        yield buffer
 
 
 def run_jobs(

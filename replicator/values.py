@@ -170,21 +170,8 @@ def _to_text(target: tzinfo) -> Converter:
 
 
 def _to_datetime(target: tzinfo) -> Converter:
-    """DATETIME/TIMESTAMP columns (SQLite): local time of the target's zone, no zone."""
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = datetime.fromisoformat(value)
-            except ValueError:
-                return value  # refused by the driver: that row is quarantined with the reason
-        return storable(value, target)
-
-    return convert
-
-
-def _to_date(target: tzinfo) -> Converter:
-    """DATE columns (SQLite): an aware timestamp's local date in the target's zone."""
+    """DATETIME/TIMESTAMP and DATE columns (SQLite): ISO text parsed, aware timestamps as
+    local time of the target's zone, without a zone."""
 
     def convert(value: Any) -> Any:
         if isinstance(value, str):
@@ -240,7 +227,7 @@ def sqlite_converter(column: sa.Column[Any], target: tzinfo) -> Converter:
     if isinstance(kind, sa.DateTime):
         return _to_datetime(target)
     if isinstance(kind, sa.Date):
-        return _to_date(target)
+        return _to_datetime(target)
     if isinstance(kind, sa.Integer):
         return _to_integer(target)
     return _to_any(target)
@@ -280,8 +267,8 @@ def zone_adapter(
 ) -> RowAdapter | None:
     """Naive timestamps bound for columns with a time zone (PostgreSQL timestamptz) get the
     source's zone: they are local time there. None when nothing needs it."""
-    if source_timezone is None:
-        return None
+    if source_timezone is None or source_timezone in UTC_NAMES:
+        return None  # our PostgreSQL sessions read a naive timestamp as UTC already
     positions = [i for i, c in enumerate(columns) if _has_zone(table.c[c].type)]
     if not positions:
         return None
