@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,7 +41,7 @@ from replicator.errors import BusyError, PermanentError, ReplicatorError
 from replicator.mapping import MappingFile
 from replicator.position import Position, SourcePosition
 from replicator.quarantine import Budget, Quarantine, TableStopped
-from replicator.read import Reader
+from replicator.read import Reader, Tomb
 from replicator.state import (
     JobState,
     TableState,
@@ -570,7 +570,17 @@ class JobRunner:
         n, width = plan.width, len(plan.source_key)
         w.failing_side = "source"
         pages = self.reader.rows(sconn, plan, start, cut, compares=tr.fenced)
-        for page in _rechunk(pages, lambda: self.chunk_rows):
+        with contextlib.closing(_rechunk(pages, lambda: self.chunk_rows)) as chunks:
+            done = self._row_pages(chunks, w, tr, n, width)
+        if done:
+            w.rows_pos[plan.label] = _later(w.rows_pos[plan.label], Position(cut))
+
+    def _row_pages(
+        self, chunks: Iterator[Sequence[Row]], w: _Writer, tr: TableRound, n: int, width: int
+    ) -> bool:
+        """Apply the pages of a row stream; False when its table stopped."""
+        plan = tr.plan
+        for page in chunks:
             w.failing_side = "target"
             conn = w.conn()
 
@@ -586,9 +596,9 @@ class JobRunner:
             last = page[-1]
             mark = Position(int(last[-1]), plan.source_codec.text(last[n : n + width]))
             if not w.page(tr, apply, "rows", mark):
-                return
+                return False
             w.failing_side = "source"
-        w.rows_pos[plan.label] = _later(w.rows_pos[plan.label], Position(cut))
+        return True
 
     def _delete_stream(self, sconn: Connection, w: _Writer, tr: TableRound, cut: int) -> None:
         plan = tr.plan
@@ -596,9 +606,19 @@ class JobRunner:
         if start.version > cut or (start.version == cut and start.tie >= DONE):
             return
         w.failing_side = "source"
-        for tombs in _rechunk(
-            self.reader.tombstones(sconn, plan, start, cut), lambda: self.chunk_rows
-        ):
+        with contextlib.closing(
+            _rechunk(self.reader.tombstones(sconn, plan, start, cut), lambda: self.chunk_rows)
+        ) as chunks:
+            done = self._delete_pages(sconn, chunks, w, tr)
+        if done:
+            w.tombs_pos[plan.label] = _later(w.tombs_pos[plan.label], Position(cut, None, DONE))
+
+    def _delete_pages(
+        self, sconn: Connection, chunks: Iterator[Sequence[Tomb]], w: _Writer, tr: TableRound
+    ) -> bool:
+        """Apply the pages of a tombstone stream; False when its table stopped."""
+        plan = tr.plan
+        for tombs in chunks:
             latest = {plan.source_codec.text(t.source_key): t for t in tombs}
             alive = self.reader.alive(sconn, plan, [t.source_key for t in latest.values()])
             gone = [t for k, t in latest.items() if k not in alive]
@@ -614,9 +634,9 @@ class JobRunner:
 
             mark = Position(tombs[-1].version, None, tombs[-1].id)
             if not w.page(tr, apply, "tombs", mark):
-                return
+                return False
             w.failing_side = "source"
-        w.tombs_pos[plan.label] = _later(w.tombs_pos[plan.label], Position(cut, None, DONE))
+        return True
 
     def _retry(
         self, sconn: Connection, w: _Writer, tr: TableRound, ts: TargetState, cut: int
@@ -904,7 +924,7 @@ def _later(old: Position, new: Position) -> Position:
     return new
 
 
-def _rechunk(pages: Iterator[Sequence[T]], size: Any) -> Iterator[Sequence[T]]:
+def _rechunk(pages: Iterator[Sequence[T]], size: Any) -> Generator[Sequence[T], None, None]:
     """Pages of exactly size() items but the last (the size may change between pages): a
     write per `batch_rows` rows (or per short commit on a register), whatever the fetch size."""
     buffer: list[T] = []

@@ -57,11 +57,9 @@ class Proxy:
         self.up = False
         with self.lock:
             for s in self.links:
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                    s.close()
-                except OSError:
-                    pass
+                s.close()  # always: a socket already shut down by a pipe must close too
             self.links.clear()
 
     def restore(self) -> None:

@@ -148,7 +148,10 @@ class Backend:
         text the target parses anyway; only used when the target is the same kind of database.
         """
         result = conn.execution_options(stream_results=True, yield_per=page_rows).execute(stmt)
-        yield from result.partitions()
+        try:
+            yield from result.partitions()
+        finally:
+            result.close()  # also when the reader stops early (its server cursor goes)
 
     def mark_origin(self, conn: Connection, origin: str | None) -> None:
         """Tell this database's triggers who is writing (None: the application)."""
