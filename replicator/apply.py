@@ -14,9 +14,10 @@ from sqlalchemy.engine import Connection
 
 from replicator.backends import Backend
 from replicator.backends.base import Row, chunks
+from replicator.backends.sqlite import Lenient, Unreadable
 from replicator.codec import Codec
 from replicator.position import Position
-from replicator.quarantine import CONFLICT, WAITING, Budget, Quarantine
+from replicator.quarantine import CONFLICT, REFUSED, WAITING, Budget, Quarantine
 from replicator.transform import TablePlan
 
 T = TypeVar("T")
@@ -68,6 +69,7 @@ class Applier:
         self.quarantine = Quarantine(target.ct, job)
         self.log = logger.bind(job=job)
         self._adapters: dict[str, Callable[[Row], Row] | None] = {}
+        self._checks: dict[str, Callable[[Row], None] | None] = {}
 
     def _adapter(self, plan: TablePlan, key: bool = False) -> Callable[[Row], Row] | None:
         """Values in the form the target's columns declare (time zones, exact text...)."""
@@ -76,6 +78,46 @@ class Applier:
             columns = plan.target_key if key else plan.columns
             self._adapters[name] = self.target.row_adapter(plan.target, columns, self.source_zone)
         return self._adapters[name]
+
+    def _check(self, plan: TablePlan) -> Callable[[Row], None] | None:
+        """Per table: the target's own check (exact decimals) and values the source could
+        not read (a date that is not a date): both refuse their row alone."""
+        name = f"{plan.label}:check"
+        if name not in self._checks:
+            types = [expr.type for expr in plan.select]
+            target = self.target.row_check(plan.target, plan.columns, types)
+            lenient = [i for i, t in enumerate(types) if isinstance(t, Lenient)]
+            self._checks[name] = _with_unreadable(plan.columns, lenient, target)
+        return self._checks[name]
+
+    def _checked(
+        self,
+        conn: Connection,
+        tr: TableRound,
+        check: Callable[[Row], None],
+        rows: Sequence[Row],
+        source_keys: Sequence[Row],
+        versions: Sequence[int | None],
+    ) -> tuple[list[Row], list[Row], list[int | None]]:
+        """Rows the target would store other than sent are refused here, one by one."""
+        keep: tuple[list[Row], list[Row], list[int | None]] = ([], [], [])
+        for row, skey, version in zip(rows, source_keys, versions, strict=True):
+            try:
+                check(row)
+            except ValueError as exc:
+                key = tr.plan.target_key_text(row)
+                if key in tr.held:
+                    tr.streamed.add(key)
+                new = self._hold(conn, tr.plan, key, skey, row, str(exc), REFUSED, version)
+                tr.budget.refused(new and key not in tr.held)
+                tr.tally.quarantined += 1
+                if new:
+                    self.log.bind(table=tr.plan.label).warning("held (refused) {}: {}", key, exc)
+                continue
+            keep[0].append(row)
+            keep[1].append(skey)
+            keep[2].append(version)
+        return keep
 
     # --- upserts ---------------------------------------------------------------------------
     def upserts(
@@ -88,6 +130,11 @@ class Applier:
     ) -> None:
         """Write one page of mapped rows (with their source keys and versions)."""
         plan = tr.plan
+        check = self._check(plan)
+        if check is not None:
+            rows, source_keys, versions = self._checked(
+                conn, tr, check, rows, source_keys, versions
+            )
         adapt = self._adapter(plan)
         if adapt is not None:
             rows = [adapt(r) for r in rows]
@@ -471,3 +518,23 @@ def _greater(new: Any, old: Any) -> bool:
         return bool(new > old)
     except TypeError:
         return str(new) > str(old)
+
+
+def _with_unreadable(
+    columns: Sequence[str], positions: Sequence[int], check: Callable[[Row], None] | None
+) -> Callable[[Row], None] | None:
+    if not positions:
+        return check
+
+    def unreadable(row: Row) -> None:
+        for i in positions:
+            value, name = row[i], columns[i]
+            if isinstance(value, Unreadable):
+                raise ValueError(
+                    f"column {name!r}: the source holds {str(value)!r}, which cannot be read "
+                    f"as its column's type ({value.reason}); correct it at the source"
+                )
+        if check is not None:
+            check(row)
+
+    return unreadable

@@ -18,7 +18,7 @@ import zoneinfo
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, tzinfo
 from datetime import time as clock
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -296,3 +296,50 @@ __all__ = [
     "zone",
     "zone_adapter",
 ]
+
+
+def scale_check(
+    table: sa.Table,
+    columns: Sequence[str],
+    source_types: Sequence[sa.types.TypeEngine[Any]],
+) -> Callable[[Row], None] | None:
+    """Exact decimals stay exact: a value with more decimal places than its target numeric
+    column keeps (TEXT money '0.105' into numeric(12,2)) would be rounded by the database
+    without a word, so the row is refused instead (ValueError, quarantined with the reason).
+    Columns whose source cannot carry more places (integers, numerics of a smaller or equal
+    scale) are not checked."""
+    checks: list[tuple[int, str, int, Decimal]] = []
+    for i, (name, kind) in enumerate(zip(columns, source_types, strict=True)):
+        target = table.c[name].type
+        scale = getattr(target, "scale", None)
+        if not isinstance(target, sa.Numeric) or isinstance(target, sa.Float) or scale is None:
+            continue
+        if isinstance(kind, sa.Integer) or (
+            isinstance(kind, sa.Numeric)
+            and not isinstance(kind, sa.Float)
+            and kind.scale is not None
+            and kind.scale <= scale
+        ):
+            continue
+        checks.append((i, name, scale, Decimal(1).scaleb(-scale)))
+    if not checks:
+        return None
+
+    def check(row: Row) -> None:
+        for i, name, scale, quantum in checks:
+            value = row[i]
+            if value is None or isinstance(value, int):
+                continue
+            try:
+                exact = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+                rounded = exact.quantize(quantum, rounding=ROUND_HALF_EVEN)
+            except ArithmeticError:
+                continue  # not a number, or too large: the target refuses it with its reason
+            if exact != rounded:
+                raise ValueError(
+                    f"column {name!r}: {value} has more decimal places than the target keeps "
+                    f"({scale}) and would be rounded; correct the value at the source or widen "
+                    "the target column"
+                )
+
+    return check

@@ -312,3 +312,31 @@ def test_a_long_transaction_at_the_source_is_named_in_status(
         blocker.rollback()
         blocker.close()
     assert f"transaction of pid {pid} (pdv-caixa" in result.output, result.output
+
+
+def test_a_held_sale_is_never_dropped_when_the_register_loses_it(
+    store: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    """A sale the server refused waits in its quarantine; the register is then restored from
+    a backup that predates it. The quarantine record is the only copy left: it stays held."""
+    config, register, server = store
+    execute(server, "ALTER TABLE sale ADD CONSTRAINT positive CHECK (total >= 0)")
+    path = Path(register.removeprefix("sqlite:///"))
+    sell(register, 1, 2, "ok")
+    node = Node(config)
+    node.sync()
+    node.close()
+    shutil.copy(path, tmp_path / "backup.db")
+    execute(register, "INSERT INTO sale (sale_id, total) VALUES (3, -7.90)")
+    node = Node(config)
+    node.sync()
+    assert ("sale", "[3,3]", "refused") in held(node)
+    node.close()
+    shutil.copy(tmp_path / "backup.db", path)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    node = Node(config)
+    node.sync()
+    node.sync()
+    assert ("sale", "[3,3]", "refused") in held(node), "the only copy of sale 3 is kept"
+    node.close()

@@ -478,3 +478,73 @@ def test_huge_catalog_version_never_blocks_a_sale(
     assert _digest(register) == _digest(server)
     assert scalar(register, "SELECT count(*) FROM product") == BIG
     node.close()
+
+
+# --- 7. Sales arrive whole while a large version is paged ---------------------------------------
+def test_a_sale_larger_than_a_page_is_never_seen_half_applied(
+    pg_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """One register transaction writes a sale of 300 items; pages are 20 rows and batches 50.
+    The movement batch reads and writes it a page at a time, yet in ONE target transaction: a
+    reader on the server polling all along sees the sale with 0 or all 300 items, never part."""
+    import threading
+
+    register, server = pg_database(), pg_database()
+    ddl = (
+        "CREATE TABLE sale (id integer PRIMARY KEY, total numeric(12,2))",
+        "CREATE TABLE sale_item (sale_id integer REFERENCES sale (id), line integer, "
+        "PRIMARY KEY (sale_id, line))",
+    )
+    execute(register, *ddl)
+    execute(server, *ddl)
+    group = (
+        "group: movimento\ndirection: register_to_server\ntables:\n"
+        "  - source: sale\n    key: [id]\n"
+        "  - source: sale_item\n    key: [sale_id, line]\n    depends_on: [sale]\n"
+    )
+    node = Node(
+        write_node(
+            tmp_path,
+            server,
+            register,
+            {"movimento": group},
+            extra="[sync]\npage_rows = 20\nbatch_rows = 50\n",
+        )
+    )
+    node.setup()
+    execute(
+        register,
+        "INSERT INTO sale VALUES (1, 300)",
+        "INSERT INTO sale_item SELECT 1, g FROM generate_series(1, 300) g",
+    )
+    seen: set[tuple[int, int]] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        engine = sa.create_engine(server)
+        with engine.connect() as conn:
+            while not stop.is_set():
+                seen.add(
+                    tuple(
+                        conn.execute(
+                            sa.text(
+                                "SELECT (SELECT count(*) FROM sale), (SELECT count(*) FROM "
+                                "sale_item)"
+                            )
+                        ).one()
+                    )
+                )
+                conn.rollback()
+        engine.dispose()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        results = node.sync()
+    finally:
+        stop.set()
+        watcher.join()
+    assert results[0].batches == 1, "one source transaction, one target transaction"
+    assert seen <= {(0, 0), (1, 300)}, f"the server showed a partial sale: {sorted(seen)}"
+    assert rows(server, "sale_item") == rows(register, "sale_item")
+    node.close()

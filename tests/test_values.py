@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import execute
-from support import Node, quarantined, write_node
+from support import Node, quarantined, rows, write_node
 
 from replicator import values
 from replicator.backends import open_backend
@@ -359,3 +359,62 @@ def test_check_type_rules_follow_what_sync_does(
     assert "column 'n': source type INTEGER does not fit target type TIMESTAMP" in errors
     assert "change the column type on one side" in errors
     assert "map it through a value map" not in errors
+
+
+def test_text_money_with_more_places_than_the_server_keeps_is_refused_not_rounded(
+    sqlite_database: Callable[[], str], pg_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """'0.105' from a register's TEXT money column into numeric(12,2) would silently become
+    0.11 on the server: the row is held with the reason instead; exact values go through."""
+    register, server = sqlite_database(), pg_database()
+    execute(register, "CREATE TABLE sale (id integer PRIMARY KEY, total text)")
+    execute(server, "CREATE TABLE sale (id integer PRIMARY KEY, total numeric(12,2))")
+    group = "group: m\ndirection: register_to_server\ntables:\n  - source: sale\n    key: [id]\n"
+    node = Node(write_node(tmp_path, server, register, {"m": group}))
+    node.setup()
+    execute(
+        register,
+        "INSERT INTO sale (id, total) VALUES (1, '0.105'), (2, '0.10'), (3, ' 12.5 '), "
+        "(4, '7.1000')",
+    )
+    node.sync()
+    assert [(r[0], str(r[1])) for r in rows(server, "sale")] == [
+        (2, "0.1"),
+        (3, "12.5"),
+        (4, "7.1"),
+    ]
+    held = quarantined(node)
+    assert held == [("sale", "[1]")]
+    node.close()
+
+
+def test_a_date_the_register_wrote_in_another_format_holds_back_only_its_row(
+    sqlite_database: Callable[[], str], pg_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """SQLite keeps any text in a DATE column: one '04/03/2024' among ISO dates must be held
+    with its reason (naming the column), while the other rows and tables go on."""
+    register, server = sqlite_database(), pg_database()
+    execute(register, 'CREATE TABLE "order" (id integer PRIMARY KEY, dia DATE)')
+    execute(server, 'CREATE TABLE "order" (id integer PRIMARY KEY, dia date)')
+    group = 'group: m\ndirection: register_to_server\ntables:\n  - source: "order"\n    key: [id]\n'
+    node = Node(write_node(tmp_path, server, register, {"m": group}))
+    node.setup()
+    execute(
+        register,
+        """INSERT INTO "order" (id, dia) VALUES (1, '2024-03-04'), (2, '04/03/2024'),
+           (3, '2024-03-05')""",
+    )
+    results = node.sync()
+    assert results[0].error is None
+    assert [r[0] for r in rows(server, "order")] == [1, 3]
+    assert quarantined(node) == [("order", "[2]")]
+    backend = node.dbs["server"]
+    with backend.engine.connect() as conn:
+        reason = conn.execute(sa.text("SELECT reason FROM replicator.quarantine")).scalar()
+    assert "column 'dia'" in reason and "04/03/2024" in reason, reason
+    # corrected at the source, it goes through with the next sync
+    execute(register, """UPDATE "order" SET dia = '2024-03-04' WHERE id = 2""")
+    node.sync()
+    assert [r[0] for r in rows(server, "order")] == [1, 2, 3]
+    assert quarantined(node) == []
+    node.close()

@@ -24,7 +24,7 @@ from replicator.errors import BusyError, PermanentError, ReplicatorError, Transi
 from replicator.position import SourcePosition
 from replicator.quarantine import REFUSED, WAITING
 from replicator.state import ControlTables, control_tables, now
-from replicator.values import zone_adapter
+from replicator.values import scale_check, zone_adapter
 
 Row = tuple[Any, ...]
 PURGE_PAGE = 5000  # tombstones purged per batch at most
@@ -330,6 +330,16 @@ class Backend:
         is local time of the source (`source_timezone`), so it gets that zone; naive values
         for `timestamp without time zone` columns stay naive."""
         return zone_adapter(table, columns, source_timezone)
+
+    def row_check(
+        self,
+        table: sa.Table,
+        columns: Sequence[str],
+        source_types: Sequence[sa.types.TypeEngine[Any]],
+    ) -> Callable[[Row], None] | None:
+        """A check that raises ValueError for a row this target would store other than it
+        was sent (a decimal rounded to the column's scale); None: nothing to check."""
+        return scale_check(table, columns, source_types)
 
     def upsert(
         self,

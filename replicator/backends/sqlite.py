@@ -139,6 +139,19 @@ class SQLiteBackend(Backend):
             self._has_session = self.has_table(conn, "replicator_session")
         return self._has_session
 
+    def table(self, conn: Connection, name: str) -> sa.Table:
+        """Reflected, with dates and times read leniently: SQLite stores any text in a DATE
+        column, and one value the driver cannot parse (a POS writing '04/03/2024') must hold
+        back its own row only, not the whole table (see `Unreadable`)."""
+        cached = name in self._tables
+        table = super().table(conn, name)
+        if not cached:
+            for column in table.c:
+                lenient = _lenient(column.type)
+                if lenient is not None:
+                    column.type = lenient
+        return table
+
     def safe_upper_bound(self, conn: Connection) -> int:
         value = conn.exec_driver_sql("SELECT version FROM replicator_clock WHERE id = 1").scalar()
         return int(value or 0)
@@ -189,6 +202,16 @@ class SQLiteBackend(Backend):
     ) -> int:
         adapt = self.row_adapter(table, key, None)
         return super().delete(conn, table, key, [adapt(k) for k in keys], soft_column)
+
+    def row_check(
+        self,
+        table: sa.Table,
+        columns: Sequence[str],
+        source_types: Sequence[sa.types.TypeEngine[Any]],
+    ) -> Callable[[Row], None] | None:
+        """SQLite keeps a decimal's text exactly in TEXT columns and does not round to a
+        declared scale (NUMERIC is a float: `check` warns about it): nothing to refuse."""
+        return None
 
     def row_adapter(
         self, table: sa.Table, columns: Sequence[str], source_timezone: str | None
@@ -302,3 +325,57 @@ def _displaced_names(
 
 def _collation(q: Any, name: str) -> str:
     return name if name.isascii() and name.isidentifier() else str(q(name))
+
+
+class Unreadable(str):
+    """A stored value the driver could not parse as its column's type: it travels as its text
+    so the reader goes on, and the apply path holds its row with the reason."""
+
+    reason: str = ""
+
+    def __new__(cls, raw: object, reason: str) -> Unreadable:
+        out = super().__new__(cls, raw if isinstance(raw, str) else repr(raw))
+        out.reason = reason
+        return out
+
+
+class Lenient:
+    """Result processing that turns a parse failure into an `Unreadable` value."""
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        inner = super().result_processor(dialect, coltype)  # type: ignore[misc]
+        if inner is None:
+            return None
+
+        def process(value: Any) -> Any:
+            try:
+                return inner(value)
+            except (ValueError, TypeError) as exc:
+                return Unreadable(value, str(exc))
+
+        return process
+
+
+def _driver_type(kind: sa.types.TypeEngine[Any]) -> type[Any]:
+    """The class the pysqlite dialect really processes results with for a generic type: a
+    lenient type must derive from it, or the dialect swaps it back."""
+    return type(kind.dialect_impl(sqlite.dialect()))
+
+
+LenientDate: type[Any] = type("LenientDate", (Lenient, _driver_type(sa.Date())), {"cache_ok": True})
+LenientDateTime: type[Any] = type(
+    "LenientDateTime", (Lenient, _driver_type(sa.DateTime())), {"cache_ok": True}
+)
+LenientTime: type[Any] = type("LenientTime", (Lenient, _driver_type(sa.Time())), {"cache_ok": True})
+
+
+def _lenient(kind: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any] | None:
+    if isinstance(kind, Lenient):
+        return None
+    if isinstance(kind, sa.DateTime):
+        return LenientDateTime()  # type: ignore[no-any-return]
+    if isinstance(kind, sa.Date):
+        return LenientDate()  # type: ignore[no-any-return]
+    if isinstance(kind, sa.Time):
+        return LenientTime()  # type: ignore[no-any-return]
+    return None
