@@ -17,7 +17,7 @@ from rich.table import Table
 
 from replicator import __version__
 from replicator.config import Settings, load_settings
-from replicator.errors import ReplicatorError
+from replicator.errors import ConfigError, ReplicatorError
 from replicator.log import mask, setup_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,7 +58,7 @@ class Ctx:
     def settings(self) -> Settings:
         if self._settings is None:
             if not self.config_path.exists():
-                raise ReplicatorError(
+                raise ConfigError(
                     f"{self.config_path}: config file not found; pass --config PATH or set "
                     "REPLICATOR_CONFIG (try `replicator demo` to see a working one)"
                 )
@@ -221,6 +221,12 @@ def setup(
             )
             return
         out.print(f"change tracking installed on {', '.join(targets)}")
+        if new_identity:
+            out.print(
+                f"new identity given to {', '.join(targets)}: the jobs reading "
+                f"{'it' if len(targets) == 1 else 'them'} start over, and rows that would "
+                "overwrite what the earlier identity sent are held as conflicts"
+            )
     finally:
         dbs.close()
 
@@ -306,12 +312,13 @@ def sync(ctx: Ctx, groups: tuple[str, ...], max_batches: int | None, as_json: bo
     failed = None
     for res in results:
         if res.error or res.skipped:
-            table.add_row(res.job.name, "-", "-", "-", "-", "-", end_section=True)
             msg = f"{res.job.name}: {'skipped: ' + res.skipped if res.skipped else res.error}"
             if not as_json:
                 err.print(mask(msg), markup=False)
             failed = failed or res.error
-            continue
+            if not res.rows:  # what was committed before the stop still shows below
+                table.add_row(res.job.name, "-", "-", "-", "-", "-", end_section=True)
+                continue
         for name, t in res.tables.items():
             table.add_row(
                 res.job.name,

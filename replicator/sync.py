@@ -37,7 +37,7 @@ from replicator.backends import Backend, open_backend
 from replicator.backends.base import Row
 from replicator.codec import Codec
 from replicator.config import Job, Settings
-from replicator.errors import BusyError, PermanentError, ReplicatorError
+from replicator.errors import BusyError, CheckError, PermanentError, ReplicatorError
 from replicator.mapping import MappingFile
 from replicator.position import Position, SourcePosition
 from replicator.quarantine import Budget, Quarantine, TableStopped
@@ -488,7 +488,7 @@ class JobRunner:
                 if not self.target.has_table(conn, t.fullname)
             ]
             if missing:
-                raise ReplicatorError(
+                raise CheckError(
                     f"{self.target.display_url}: control tables {', '.join(missing)} are "
                     "missing; run `replicator setup` first"
                 )
