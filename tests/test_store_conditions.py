@@ -548,3 +548,53 @@ def test_a_sale_larger_than_a_page_is_never_seen_half_applied(
     assert seen <= {(0, 0), (1, 300)}, f"the server showed a partial sale: {sorted(seen)}"
     assert rows(server, "sale_item") == rows(register, "sale_item")
     node.close()
+
+
+# --- 8. Atomic progress when the catalog reaches a register in many commits --------------------
+def test_kill_9_in_the_middle_of_a_paged_version_resumes_from_its_position(
+    pg_database: Callable[[], str], sqlite_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """One version (setup stamps 60,000 existing rows) goes to a SQLite register in short
+    commits; the process is killed with SIGKILL between two of them. The next run goes on
+    from the committed (version, key) position: every row arrives once, none is read twice."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    server, register = pg_database(), sqlite_database()
+    ddl = "CREATE TABLE price (product_id integer PRIMARY KEY, value numeric(12,2))"
+    execute(server, ddl, "INSERT INTO price SELECT g, g / 100.0 FROM generate_series(1, 60000) g")
+    execute(register, ddl)
+    group = (
+        "group: cadastros\ndirection: server_to_register\ntables:\n"
+        "  - source: price\n    key: [product_id]\n"
+    )
+    config = write_node(
+        tmp_path, server, register, {"cadastros": group}, extra="[sync]\nbatch_rows = 500\n"
+    )
+    node = Node(config)
+    node.setup()
+    node.close()
+    assert scalar(server, "SELECT count(DISTINCT repl_version) FROM price") == 1
+    cmd = [sys.executable, "-m", "replicator.cli", "-c", str(config), "sync"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while (
+        time.monotonic() < deadline and (scalar(register, "SELECT count(*) FROM price") or 0) < 5000
+    ):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = scalar(register, "SELECT count(*) FROM price")
+    assert 0 < partial < 60000, "the kill should land mid-way"
+    key = scalar(register, "SELECT row_key FROM replicator_state WHERE table_name = 'price'")
+    assert key is not None, "the position is inside the version"
+    assert int(key.strip("[]")) == partial, "the position matches what was committed"
+    node = Node(config)
+    results = node.sync()
+    assert results[0].tables["price"].upserts == 60000 - partial, "nothing is read twice"
+    assert rows(register, "price") == rows(server, "price")
+    node.close()

@@ -147,7 +147,9 @@ class Backend:
         `as_text`: a backend may return values of rich types (numbers, timestamps...) as the
         text the target parses anyway; only used when the target is the same kind of database.
         """
-        result = conn.execution_options(stream_results=True, yield_per=page_rows).execute(stmt)
+        result = conn.execute(
+            stmt, execution_options={"stream_results": True, "yield_per": page_rows}
+        )
         try:
             yield from result.partitions()
         finally:
