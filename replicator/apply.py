@@ -13,7 +13,7 @@ from loguru import logger
 from sqlalchemy.engine import Connection
 
 from replicator.backends import Backend
-from replicator.backends.base import Row, chunks
+from replicator.backends.base import Row, chunks, key_chunk
 from replicator.backends.sqlite import Lenient, Unreadable
 from replicator.codec import Codec
 from replicator.position import Position
@@ -224,7 +224,7 @@ class Applier:
         table = plan.target
         version, origin = table.c[change], table.c["repl_origin"]
         incoming = {plan.target_key_text(r): (r, s, v) for r, s, v in items}
-        size = max(1, self.target.capabilities.max_bind_params // max(1, len(plan.target_key)) - 1)
+        size = key_chunk(self.target.capabilities.max_bind_params, len(plan.target_key))
         rows = [r for r, _, _ in items]
         for part in chunks(rows, size):
             cond = sa.tuple_(*[table.c[k] for k in plan.target_key]).in_(
@@ -370,7 +370,7 @@ class Applier:
     ) -> dict[str, Row]:
         table = plan.target
         out: dict[str, Row] = {}
-        size = max(1, self.target.capabilities.max_bind_params // max(1, len(plan.target_key)) - 1)
+        size = key_chunk(self.target.capabilities.max_bind_params, len(plan.target_key))
         for part in chunks(list(rows), size):
             cond = sa.tuple_(*[table.c[k] for k in plan.target_key]).in_(
                 [tuple(r[i] for i in plan.key_index) for r in part]

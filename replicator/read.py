@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from replicator.backends import Backend
-from replicator.backends.base import ORIGIN_COLUMN, Row, chunks
+from replicator.backends.base import ORIGIN_COLUMN, Row, chunks, key_chunk
 from replicator.errors import PermanentError
 from replicator.position import Position
 from replicator.transform import TablePlan
@@ -112,7 +112,7 @@ class Reader:
         again: the row stream carries them, they must not be deleted)."""
         out: set[str] = set()
         width = len(plan.source_key)
-        size = max(1, self.source.capabilities.max_bind_params // width - 1)
+        size = key_chunk(self.source.capabilities.max_bind_params, width)
         for part in chunks(list(keys), size):
             found = conn.execute(
                 sa.select(*plan.source_key).where(
@@ -128,7 +128,7 @@ class Reader:
         n = plan.width
         width = len(plan.source_key)
         out = []
-        size = max(1, self.source.capabilities.max_bind_params // 2 // width)
+        size = key_chunk(self.source.capabilities.max_bind_params // 2, width)
         for part in chunks(list(keys), size):
             stmt = sa.select(*plan.keyed_select, plan.version, wanted).where(
                 sa.tuple_(*plan.source_key).in_([tuple(k) for k in part])

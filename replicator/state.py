@@ -258,6 +258,8 @@ def record_run(
         values.update(last_error=error, last_error_at=stamp)
     elif ok:
         values.update(last_ok_at=stamp, last_error=None, last_error_at=None)
+    else:  # some tables stopped: their errors are theirs, the job itself did not fail
+        values.update(last_error=None, last_error_at=None)
     done = conn.execute(sa.update(ct.job).where(ct.job.c.job == job).values(**values))
     if done.rowcount == 0:
         conn.execute(sa.insert(ct.job).values(job=job, **values))

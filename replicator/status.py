@@ -40,8 +40,12 @@ class TableStatus:
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["last_batch_at"] = self.last_batch_at.isoformat() if self.last_batch_at else None
+        stamp = self.last_batch_at
+        if stamp is not None and stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)  # SQLite keeps our UTC stamps without a zone
+        out["last_batch_at"] = stamp.isoformat() if stamp else None
         out["conflicts"] = self.conflicts
+        out["pending_capped"] = self.pending is not None and self.pending >= PENDING_CAP
         return out
 
 
@@ -135,7 +139,9 @@ def status_table(rows: list[TableStatus]) -> Table:
             r.table,
             when,
             f"{r.rows_applied}+{r.deletes_applied}d" if r.deletes_applied else str(r.rows_applied),
-            "?" if r.pending is None else str(r.pending),
+            "?"
+            if r.pending is None
+            else (f"{r.pending}+" if r.pending >= PENDING_CAP else str(r.pending)),
             held,
             str(r.conflicts),
         ]

@@ -40,7 +40,7 @@ from replicator.config import Job, Settings
 from replicator.errors import BusyError, CheckError, PermanentError, ReplicatorError
 from replicator.mapping import MappingFile
 from replicator.position import Position, SourcePosition
-from replicator.quarantine import Budget, Quarantine, TableStopped
+from replicator.quarantine import RETRY_PAGE, Budget, Quarantine, TableStopped
 from replicator.read import Reader, Tomb
 from replicator.state import (
     JobState,
@@ -233,6 +233,7 @@ class JobRunner:
             result.error = exc
             self.log.error("failed: {}", exc)
         stopped = {t: r.error for t, r in result.tables.items() if r.error}
+        self._only_tables_stopped = bool(stopped) and result.error is None
         if stopped and result.error is None:
             result.error = PermanentError(
                 "; ".join(f"{e}" for e in stopped.values())
@@ -253,11 +254,12 @@ class JobRunner:
 
     def _record(self, result: JobResult) -> None:
         """Save the run's outcome on the target (status shows the last error)."""
-        stopped = [f"{t}: {r.error}" for t, r in result.tables.items() if r.error]
-        error = str(result.error) if result.error else ("; ".join(stopped) or None)
+        # a stopped table keeps its own error (state.last_error, shown on its row only)
+        only_tables = getattr(self, "_only_tables_stopped", False)
+        error = None if only_tables or result.error is None else str(result.error)
         try:
             with self.target.engine.connect() as conn, conn.begin():
-                record_run(conn, self.target.ct, self.job.name, error)
+                record_run(conn, self.target.ct, self.job.name, error, ok=not only_tables)
         except sa_exc.SQLAlchemyError:
             pass  # the target is unreachable: the error is in the log and in the exit code
 
@@ -354,7 +356,12 @@ class JobRunner:
                 "replicator.toml; if this database is a backup restored once more, give it a "
                 f"new identity: `replicator setup --database {self.job.source} --new-identity`"
             )
-        self._new_incarnation(ts, pos.incarnation, "replaced by another database")
+        self._new_incarnation(
+            ts,
+            pos.incarnation,
+            "replaced by another database (or restored from a backup, and an earlier sync "
+            "that found it was interrupted)",
+        )
         return True
 
     def _new_incarnation(self, ts: TargetState, incarnation: str, reason: str) -> None:
@@ -556,7 +563,10 @@ class JobRunner:
         except BaseException:
             writer.abort()
             raise
-        return cut < pos.bound and (max_batches is None or result.batches < max_batches)
+        more = cut < pos.bound
+        if writer.resolved and any(len(tr.held) >= RETRY_PAGE for tr in rounds.values()):
+            more = True  # a full page of held rows went through: the next page may too
+        return more and (max_batches is None or result.batches < max_batches)
 
     def _row_stream(self, sconn: Connection, w: _Writer, tr: TableRound, cut: int) -> None:
         plan = tr.plan
@@ -727,6 +737,7 @@ class _Writer:
         self._stream_sp: Any = None
         self._stream: tuple[str, str | None] | None = None
         self._tally_at_stream = Tally()
+        self.resolved = 0  # held rows that went through in this batch
 
     def conn(self) -> Connection:
         if self._conn is None:
@@ -858,6 +869,7 @@ class _Writer:
             out.conflicts += tr.tally.conflicts
             out.error = self.errors.get(label, out.error)
             if tr.tally.resolved:
+                self.resolved += tr.tally.resolved
                 r.log.bind(table=label).info("{} held rows went through", tr.tally.resolved)
             tr.tally = Tally()
         changes = self._rows

@@ -340,3 +340,33 @@ def test_a_held_sale_is_never_dropped_when_the_register_loses_it(
     node.sync()
     assert ("sale", "[3,3]", "refused") in held(node), "the only copy of sale 3 is kept"
     node.close()
+
+
+def test_a_large_register_restored_from_a_backup_is_read_again_in_bounded_lookups(
+    store: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    """12,000 sales (more keys than one IN list of three-column keys can take on PostgreSQL)
+    restored from a backup: every fenced key is checked in bounded lookups, the shared history
+    lifts the fence, and nothing is held."""
+    config, register, server = store
+    path = Path(register.removeprefix("sqlite:///"))
+    sell(register, 1, 12000, "day")
+    node = Node(config)
+    node.sync()
+    node.close()
+    shutil.copy(path, tmp_path / "backup.db")
+    sell(register, 12001, 1, "lost")
+    node = Node(config)
+    node.sync()
+    node.close()
+    shutil.copy(tmp_path / "backup.db", path)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    node = Node(config)
+    results = node.sync()
+    assert results[0].error is None
+    assert held(node) == []
+    # shared history lifted the fence; what the restored register lacks stays fenced
+    assert scalar(server, "SELECT count(*) FROM replicator.fence") == 2
+    assert len(rows(server, "sale")) == 12001, "the lost sale stays on the server"
+    node.close()

@@ -28,6 +28,16 @@ from replicator.values import scale_check, zone_adapter
 
 Row = tuple[Any, ...]
 PURGE_PAGE = 5000  # tombstones purged per batch at most
+# Keys per `(k1, k2) IN (...)` lookup: PostgreSQL's planner recurses over such a list and
+# fails with "stack depth limit exceeded" past about 8,000 tuples of three columns.
+IN_KEYS = 1000
+
+
+def key_chunk(max_bind_params: int, width: int) -> int:
+    """How many keys of `width` columns one IN lookup takes."""
+    return max(1, min(IN_KEYS, max_bind_params // max(1, width) - 1))
+
+
 ORIGIN_COLUMN = "repl_origin"
 
 
@@ -199,9 +209,12 @@ class Backend:
         a = self.ct.ack.c
         with self.source_write() as conn:
             values = {"incarnation": incarnation, "seq": seq, "confirmed": confirmed, "at": now()}
-            done = conn.execute(sa.update(self.ct.ack).where(a.job == job).values(**values))
-            if done.rowcount == 0:
-                conn.execute(sa.insert(self.ct.ack).values(job=job, **values))
+            # one statement, so two services acknowledging a job's first batch never collide
+            conn.execute(
+                self.insert_construct(self.ct.ack)
+                .values(job=job, **values)
+                .on_conflict_do_update(index_elements=["job"], set_=values)
+            )
             floor = conn.execute(sa.select(sa.func.min(a.confirmed))).scalar()
             if not floor:
                 return 0
@@ -422,7 +435,7 @@ class Backend:
         """Keys of `rows` that exist in the target with other values."""
         index = [columns.index(k) for k in key]
         out = []
-        for chunk in chunks(rows, max(1, self.capabilities.max_bind_params // len(columns))):
+        for chunk in chunks(rows, key_chunk(self.capabilities.max_bind_params, len(columns))):
             wanted = {tuple(r[i] for i in index): r for r in chunk}
             cond = sa.tuple_(*[table.c[k] for k in key]).in_(list(wanted))
             stmt = sa.select(*[table.c[c] for c in columns]).where(cond)

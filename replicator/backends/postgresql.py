@@ -117,6 +117,9 @@ class PostgreSQLBackend(Backend):
             url,
             pool_pre_ping=True,
             connect_args={
+                # no server-side prepared statements: their generic plans turn key lookups
+                # (`row_key IN (...)`) into scans of a whole table
+                "prepare_threshold": None,
                 "application_name": "replicator",
                 "connect_timeout": 10,
                 "client_encoding": "UTF8",
