@@ -14,11 +14,11 @@ from sqlalchemy.engine import Connection
 
 from replicator.backends import Backend
 from replicator.backends.base import Row, chunks, key_chunk
-from replicator.backends.sqlite import Lenient, Unreadable
 from replicator.codec import Codec
 from replicator.position import Position
 from replicator.quarantine import CONFLICT, REFUSED, WAITING, Budget, Quarantine
 from replicator.transform import TablePlan
+from replicator.values import unreadable_check
 
 T = TypeVar("T")
 ONE_BY_ONE_AFTER = 16  # refused rows found in one page before the rest is tried row by row
@@ -86,8 +86,7 @@ class Applier:
         if name not in self._checks:
             types = [expr.type for expr in plan.select]
             target = self.target.row_check(plan.target, plan.columns, types)
-            lenient = [i for i, t in enumerate(types) if isinstance(t, Lenient)]
-            self._checks[name] = _with_unreadable(plan.columns, lenient, target)
+            self._checks[name] = unreadable_check(plan.columns, types, target)
         return self._checks[name]
 
     def _checked(
@@ -518,23 +517,3 @@ def _greater(new: Any, old: Any) -> bool:
         return bool(new > old)
     except TypeError:
         return str(new) > str(old)
-
-
-def _with_unreadable(
-    columns: Sequence[str], positions: Sequence[int], check: Callable[[Row], None] | None
-) -> Callable[[Row], None] | None:
-    if not positions:
-        return check
-
-    def unreadable(row: Row) -> None:
-        for i in positions:
-            value, name = row[i], columns[i]
-            if isinstance(value, Unreadable):
-                raise ValueError(
-                    f"column {name!r}: the source holds {str(value)!r}, which cannot be read "
-                    f"as its column's type ({value.reason}); correct it at the source"
-                )
-        if check is not None:
-            check(row)
-
-    return unreadable

@@ -24,6 +24,17 @@ class Position:
 
 
 @dataclass(frozen=True)
+class Blocker:
+    """The oldest open writing transaction that holds a source's bound back."""
+
+    pid: int
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
 class SourcePosition:
     """What a source says about itself, read inside one read snapshot.
 
@@ -38,6 +49,5 @@ class SourcePosition:
     bound: int
     incarnation: str | None
     ack_seq: int | None
-    ack_incarnation: str | None = None
     gaps: tuple[int, ...] = field(default=())
-    blocker: str | None = None  # the oldest open transaction holding the bound back, if old
+    blocker: Blocker | None = None  # the oldest open transaction holding the bound back

@@ -108,7 +108,7 @@ def _pending(runner: JobRunner, positions: dict[str, Any]) -> tuple[dict[str, in
             rows = st.rows if st else Position()
             tombs = st.tombs if st else Position()
             out[plan.label] = runner.reader.pending(conn, plan, rows, tombs, PENDING_CAP)
-    return out, blocker
+    return out, str(blocker) if blocker else None
 
 
 def status_table(rows: list[TableStatus]) -> Table:

@@ -40,7 +40,7 @@ from replicator.config import Job, Settings
 from replicator.errors import BusyError, CheckError, PermanentError, ReplicatorError
 from replicator.mapping import MappingFile
 from replicator.position import Position, SourcePosition
-from replicator.quarantine import RETRY_PAGE, Budget, Quarantine, TableStopped
+from replicator.quarantine import RETRY_PAGE, Budget, TableStopped
 from replicator.read import Reader, Tomb
 from replicator.state import (
     JobState,
@@ -60,11 +60,9 @@ DONE = 2**62  # a tombstone position's tie when its whole version is done
 
 
 @dataclass
-class TableResult:
-    upserts: int = 0
-    deletes: int = 0
-    quarantined: int = 0
-    conflicts: int = 0
+class TableResult(Tally):
+    """What one table did in a job's run: the tallies of its commits, and its stop."""
+
     error: str | None = None
 
 
@@ -101,12 +99,11 @@ class Databases:
 
     def __getitem__(self, name: str) -> Backend:
         if name not in self._open:
-            zone = getattr(self.settings, "timezone", None)
             self._open[name] = open_backend(
                 self.settings.url(name),
                 self.node(name),
                 self.settings.config.sync.lock_timeout_ms,
-                timezone=zone(name) if zone else None,
+                timezone=self.settings.timezone(name),
             )
         return self._open[name]
 
@@ -130,7 +127,6 @@ class JobRunner:
         self.page_rows = settings.config.sync.page_rows
         self.batch_rows = settings.config.sync.batch_rows
         self.settings = settings
-        self.where = settings.where(job.group)
         self.split = self.group.direction == "server_to_register"
         self._plans: list[TablePlan] | None = None
         self.reader = Reader(
@@ -139,14 +135,11 @@ class JobRunner:
             self.page_rows,
             same_kind=self.source.dialect == self.target.dialect == "postgresql",
         )
-        self.applier = Applier(
-            self.target, job.name, self.source_node, getattr(self.source, "timezone", None)
-        )
-        self.quarantine = Quarantine(self.target.ct, job.name)
+        self.applier = Applier(self.target, job.name, self.source_node, self.source.timezone)
         self.log = logger.bind(job=job.name)
         hold = self.target.write_hold_seconds if self.split else None
         self.chunk_rows = min(self.batch_rows, 200) if hold else self.batch_rows
-        self._warned: set[str] = set()
+        self._warned: set[int] = set()  # pids of long transactions already reported
         self.max_batches: int | None = None
         self.reverse = self._reverse_jobs(settings)
 
@@ -221,10 +214,7 @@ class JobRunner:
         try:
             self.plans()
             while max_batches is None or result.batches < max_batches:
-                more = self.batch(result, max_batches)
-                if more is None:
-                    break
-                if not more:
+                if not self.batch(result, max_batches):
                     break
         except BusyError as exc:
             result.skipped = str(exc)
@@ -233,8 +223,8 @@ class JobRunner:
             result.error = exc
             self.log.error("failed: {}", exc)
         stopped = {t: r.error for t, r in result.tables.items() if r.error}
-        self._only_tables_stopped = bool(stopped) and result.error is None
-        if stopped and result.error is None:
+        only_tables = bool(stopped) and result.error is None
+        if only_tables:
             result.error = PermanentError(
                 "; ".join(f"{e}" for e in stopped.values())
                 + f" ({len(result.tables) - len(stopped)} other tables of the group went on)"
@@ -249,13 +239,12 @@ class JobRunner:
                 " (then failed)" if result.error else "",
             )
         if not result.skipped:
-            self._record(result)
+            self._record(result, only_tables)
         return result
 
-    def _record(self, result: JobResult) -> None:
-        """Save the run's outcome on the target (status shows the last error)."""
-        # a stopped table keeps its own error (state.last_error, shown on its row only)
-        only_tables = getattr(self, "_only_tables_stopped", False)
+    def _record(self, result: JobResult, only_tables: bool) -> None:
+        """Save the run's outcome on the target (status shows the last error). A stopped
+        table keeps its own error (state.last_error, shown on its row only)."""
         error = None if only_tables or result.error is None else str(result.error)
         try:
             with self.target.engine.connect() as conn, conn.begin():
@@ -271,9 +260,8 @@ class JobRunner:
         try:
             with self.source.read_snapshot() as sconn:
                 pos = self.source.source_position(sconn, self.job.name)
-                blocker = (pos.blocker or "").split(" open for ")[0]
-                if blocker and blocker not in self._warned:
-                    self._warned.add(blocker)
+                if pos.blocker and pos.blocker.pid not in self._warned:
+                    self._warned.add(pos.blocker.pid)
                     self.log.warning("source {}: {}", self.source.display_url, pos.blocker)
                 if self._identity(pos, ts):
                     return True
@@ -299,7 +287,7 @@ class JobRunner:
                 if purged:
                     self.log.info("{} tombstones purged at the source", purged)
                 reverse = self._reverse_positions(sconn)
-                return self._apply(sconn, plans, ts, pos, cut, seq, result, max_batches, reverse)
+                return self._apply(sconn, plans, ts, pos, cut, seq, result, reverse)
         except sa_exc.SQLAlchemyError as exc:
             raise self.source.classify(exc) from exc
 
@@ -335,8 +323,6 @@ class JobRunner:
                 fresh = self.source.new_incarnation(reason)
                 self._new_incarnation(ts, fresh, reason)
                 return True
-            if pos.ack_incarnation not in (None, pos.incarnation):
-                return False  # acknowledged under an earlier identity: nothing to compare
             if pos.ack_seq > job.seq + 1:
                 self.log.warning(
                     "target {} is behind what the source acknowledges (batch {} < {}): "
@@ -466,7 +452,7 @@ class JobRunner:
                 ct = self.target.ct
                 positions = read_positions(conn, ct, self.job.name)
                 job = read_job(conn, ct, self.job.name)
-                page = self.quarantine.retry_page(conn)
+                page = self.applier.quarantine.retry_page(conn)
                 f = ct.fence.c
                 fenced = set(
                     conn.execute(
@@ -518,8 +504,7 @@ class JobRunner:
         cut: int,
         seq: int,
         result: JobResult,
-        max_batches: int | None,
-        reverse: dict[str, Position] | None = None,
+        reverse: dict[str, Position],
     ) -> bool:
         rounds = {
             p.label: TableRound(
@@ -530,7 +515,7 @@ class JobRunner:
             )
             for p in plans
         }
-        for label, back in (reverse or {}).items():
+        for label, back in reverse.items():
             change = self.reverse[label][2]
             target = rounds[label].plan.target
             if change in target.c and "repl_origin" in target.c:
@@ -566,7 +551,7 @@ class JobRunner:
         more = cut < pos.bound
         if writer.resolved and any(len(tr.held) >= RETRY_PAGE for tr in rounds.values()):
             more = True  # a full page of held rows went through: the next page may too
-        return more and (max_batches is None or result.batches < max_batches)
+        return more and (self.max_batches is None or result.batches < self.max_batches)
 
     def _row_stream(self, sconn: Connection, w: _Writer, tr: TableRound, cut: int) -> None:
         plan = tr.plan
@@ -733,7 +718,7 @@ class _Writer:
         self._conn: Connection | None = None
         self._opened = 0.0
         self._rows = 0
-        self._saved: dict[str, tuple[Position, Position]] = {}
+        self._start = dict(ts.positions)  # where the batch began (an atomic stop goes back)
         self._stream_sp: Any = None
         self._stream: tuple[str, str | None] | None = None
         self._tally_at_stream = Tally()
@@ -746,27 +731,9 @@ class _Writer:
             self._opened = time.monotonic()
             for tr in self.rounds.values():
                 tr.budget.new_transaction()
-            self.r._verify(self._conn, self._state_now())
+            self.r._verify(self._conn, self.ts)
             self.r.target.mark_origin(self._conn, self.r.source_node)
         return self._conn
-
-    def _state_now(self) -> TargetState:
-        """What the target must hold now: the state read at the start, with the positions
-        this batch has committed since."""
-        if not self._saved:
-            return self.ts
-        positions = dict(self.ts.positions)
-        for label, (rows, tombs) in self._saved.items():
-            old = positions.get(label)
-            positions[label] = TableState(rows, tombs, old.last_error if old else None)
-        job = self.ts.job
-        seq_job = JobState(
-            self.pos.incarnation or "",
-            job.retired if job else [],
-            self.seq,
-            job.since if job else None,
-        )
-        return TargetState(positions, seq_job, self.ts.held, self.ts.held_source, self.ts.fenced)
 
     def page(self, tr: TableRound, apply: Any, kind: str | None, mark: Position | None) -> bool:
         """Apply one page of a stream; False when its table stopped (too many refusals)."""
@@ -794,10 +761,11 @@ class _Writer:
                 self._stream_sp, self._stream = None, None
                 tr.tally = self._tally_at_stream  # what the stream wrote is undone
                 # the stream's positions go back to where the batch began
+                start = self._start.get(label)
                 if kind == "rows":
-                    self.rows_pos[label] = self._start(label)[0]
+                    self.rows_pos[label] = start.rows if start else Position()
                 elif kind == "tombs":
-                    self.tombs_pos[label] = self._start(label)[1]
+                    self.tombs_pos[label] = start.tombs if start else Position()
             self.errors[label] = str(exc)
             self.r.log.bind(table=label).error("{}", exc)
             return False
@@ -808,15 +776,8 @@ class _Writer:
                 self.tombs_pos[label] = mark
         self._rows += 1
         if split:
-            self._maybe_commit()
+            self.commit(final=False)
         return True
-
-    def _start(self, label: str) -> tuple[Position, Position]:
-        st = self.ts.positions.get(label)
-        return (st.rows, st.tombs) if st else (Position(), Position())
-
-    def _maybe_commit(self) -> None:
-        self.commit(final=False)
 
     def commit(self, final: bool) -> None:
         if self._conn is None:
@@ -830,8 +791,9 @@ class _Writer:
             self._stream_sp, self._stream = None, None
         r = self.r
         ct = r.target.ct
+        positions = dict(self.ts.positions)
         for label, tr in self.rounds.items():
-            state = TableState(self.rows_pos[label], self.tombs_pos[label])
+            state = TableState(self.rows_pos[label], self.tombs_pos[label], self.errors.get(label))
             save_position(
                 conn,
                 ct,
@@ -840,21 +802,19 @@ class _Writer:
                 state,
                 tr.tally.upserts,
                 tr.tally.deletes,
-                self.errors.get(label),
+                state.last_error,
             )
-            self._saved[label] = (state.rows, state.tombs)
-        job = self.ts.job
-        write_job(
-            conn,
-            ct,
-            r.job.name,
-            JobState(
-                self.pos.incarnation or "",
-                job.retired if job else [],
-                self.seq,
-                (job.since if job else None) or now(),
-            ),
+            positions[label] = state
+        old = self.ts.job
+        job = JobState(
+            self.pos.incarnation or "",
+            old.retired if old else [],
+            self.seq,
+            (old.since if old else None) or now(),
         )
+        write_job(conn, ct, r.job.name, job)
+        # what the target holds once this commits: the next short commit checks against it
+        self.ts = dataclasses.replace(self.ts, positions=positions, job=job)
         r.target.mark_origin(conn, None)
         stack, self._stack, self._conn = self._stack, None, None
         stack.close()  # commits
@@ -863,10 +823,7 @@ class _Writer:
         self.result.batches += 1
         for label, tr in self.rounds.items():
             out = self.result.tables.setdefault(label, TableResult())
-            out.upserts += tr.tally.upserts
-            out.deletes += tr.tally.deletes
-            out.quarantined += tr.tally.quarantined
-            out.conflicts += tr.tally.conflicts
+            out.add(tr.tally)
             out.error = self.errors.get(label, out.error)
             if tr.tally.resolved:
                 self.resolved += tr.tally.resolved
@@ -939,10 +896,11 @@ def _rechunk(pages: Iterator[Sequence[T]], size: Any) -> Generator[Sequence[T], 
     buffer: list[T] = []
     for page in pages:
         buffer.extend(page)
-        while len(buffer) >= max(1, int(size())):
-            n = max(1, int(size()))
-            yield buffer[:n]
-            buffer = buffer[n:]
+        start = 0
+        while len(buffer) - start >= (n := max(1, int(size()))):
+            yield buffer[start : start + n]
+            start += n
+        del buffer[:start]  # once per fetched page, not once per chunk
     if buffer:
         yield buffer
 

@@ -343,3 +343,58 @@ def scale_check(
                 )
 
     return check
+
+
+# --- values a source could not read -----------------------------------------------------------
+class Unreadable(str):
+    """A stored value the driver could not parse as its column's type: it travels as its text
+    so the reader goes on, and the apply path holds its row with the reason."""
+
+    reason: str = ""
+
+    def __new__(cls, raw: object, reason: str) -> Unreadable:
+        out = super().__new__(cls, raw if isinstance(raw, str) else repr(raw))
+        out.reason = reason
+        return out
+
+
+class Lenient:
+    """Result processing that turns a parse failure into an `Unreadable` value."""
+
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        inner = super().result_processor(dialect, coltype)  # type: ignore[misc]
+        if inner is None:
+            return None
+
+        def process(value: Any) -> Any:
+            try:
+                return inner(value)
+            except (ValueError, TypeError) as exc:
+                return Unreadable(value, str(exc))
+
+        return process
+
+
+def unreadable_check(
+    columns: Sequence[str],
+    source_types: Sequence[sa.types.TypeEngine[Any]],
+    check: Callable[[Row], None] | None,
+) -> Callable[[Row], None] | None:
+    """`check`, plus a refusal of any row that carries an `Unreadable` value in a column a
+    source reads leniently (its row alone is held, with the column and the value)."""
+    positions = [i for i, t in enumerate(source_types) if isinstance(t, Lenient)]
+    if not positions:
+        return check
+
+    def unreadable(row: Row) -> None:
+        for i in positions:
+            value = row[i]
+            if isinstance(value, Unreadable):
+                raise ValueError(
+                    f"column {columns[i]!r}: the source holds {str(value)!r}, which cannot be "
+                    f"read as its column's type ({value.reason}); correct it at the source"
+                )
+        if check is not None:
+            check(row)
+
+    return unreadable

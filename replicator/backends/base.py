@@ -21,7 +21,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine
 
 from replicator.errors import BusyError, PermanentError, ReplicatorError, TransientError
-from replicator.position import SourcePosition
+from replicator.position import Blocker, SourcePosition
 from replicator.quarantine import REFUSED, WAITING
 from replicator.state import ControlTables, control_tables, now
 from replicator.values import scale_check, zone_adapter
@@ -180,19 +180,18 @@ class Backend:
         inc = self.ct.incarnation.c
         incarnation = conn.execute(sa.select(inc.incarnation).where(inc.id == 1)).scalar()
         a = self.ct.ack.c
-        ack = conn.execute(sa.select(a.incarnation, a.seq).where(a.job == job)).first()
+        ack = conn.execute(sa.select(a.seq).where(a.job == job)).scalar()
         return SourcePosition(
             bound=bound,
             incarnation=incarnation,
-            ack_seq=int(ack[1]) if ack else None,
-            ack_incarnation=ack[0] if ack else None,
+            ack_seq=int(ack) if ack is not None else None,
             blocker=self.blocker(conn),
         )
 
     def forget_bound(self) -> None:
         """The database is another incarnation: an earlier bound no longer holds."""
 
-    def blocker(self, conn: Connection) -> str | None:
+    def blocker(self, conn: Connection) -> Blocker | None:
         """The oldest open writing transaction that holds the bound back, when it is old."""
         return None
 

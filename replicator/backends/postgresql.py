@@ -20,7 +20,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 
 from replicator.backends.base import Backend, Capabilities, Row, delete_statement
 from replicator.errors import BusyError, PermanentError
-from replicator.position import SourcePosition
+from replicator.position import Blocker, SourcePosition
 
 _cursor_ids = itertools.count(1)
 # Types whose text form is the same on every PostgreSQL session of ours (UTC, ISO dates;
@@ -204,15 +204,16 @@ class PostgreSQLBackend(Backend):
         self.refuse_standby(conn)
         return super().source_position(conn, job)
 
-    def blocker(self, conn: Connection) -> str | None:
+    def blocker(self, conn: Connection) -> Blocker | None:
         row = conn.exec_driver_sql(BLOCKER, {"age": self.blocker_seconds}).first()
         if row is None:
             return None
         pid, app, user, age, state = row
-        return (
+        return Blocker(
+            int(pid),
             f"transaction of pid {pid} ({app or 'no application_name'}, user {user}, {state}) "
             f"open for {int(age)}s holds replication of this database back; end it, e.g. "
-            f"SELECT pg_terminate_backend({pid})"
+            f"SELECT pg_terminate_backend({pid})",
         )
 
     def prepare_ddl(self) -> list[str]:

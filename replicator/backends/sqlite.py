@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from replicator.backends.base import Backend, Capabilities, Row, TrackedTable
 from replicator.errors import BusyError
 from replicator.quarantine import REFUSED, WAITING
-from replicator.values import sqlite_adapter, zone
+from replicator.values import Lenient, sqlite_adapter, zone
 
 SQLITE_CONSTRAINT_FOREIGNKEY = 787
 SQLITE_TOOBIG = 18
@@ -179,30 +179,6 @@ class SQLiteBackend(Backend):
     def insert_construct(self, table: sa.Table) -> Any:
         return sqlite.insert(table)
 
-    def write_rows(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        columns: Sequence[str],
-        rows: Sequence[Row],
-        build: Any,
-    ) -> None:
-        # Also called by the apply path before upsert (idempotent): rows are written in the
-        # form of their target columns even when the caller did not adapt them.
-        adapt = self.row_adapter(table, columns, None)
-        super().write_rows(conn, table, columns, [adapt(r) for r in rows], build)
-
-    def delete(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        key: Sequence[str],
-        keys: Sequence[Row],
-        soft_column: str | None,
-    ) -> int:
-        adapt = self.row_adapter(table, key, None)
-        return super().delete(conn, table, key, [adapt(k) for k in keys], soft_column)
-
     def row_check(
         self,
         table: sa.Table,
@@ -325,35 +301,6 @@ def _displaced_names(
 
 def _collation(q: Any, name: str) -> str:
     return name if name.isascii() and name.isidentifier() else str(q(name))
-
-
-class Unreadable(str):
-    """A stored value the driver could not parse as its column's type: it travels as its text
-    so the reader goes on, and the apply path holds its row with the reason."""
-
-    reason: str = ""
-
-    def __new__(cls, raw: object, reason: str) -> Unreadable:
-        out = super().__new__(cls, raw if isinstance(raw, str) else repr(raw))
-        out.reason = reason
-        return out
-
-
-class Lenient:
-    """Result processing that turns a parse failure into an `Unreadable` value."""
-
-    def result_processor(self, dialect: Any, coltype: Any) -> Any:
-        inner = super().result_processor(dialect, coltype)  # type: ignore[misc]
-        if inner is None:
-            return None
-
-        def process(value: Any) -> Any:
-            try:
-                return inner(value)
-            except (ValueError, TypeError) as exc:
-                return Unreadable(value, str(exc))
-
-        return process
 
 
 def _driver_type(kind: sa.types.TypeEngine[Any]) -> type[Any]:
