@@ -18,7 +18,8 @@ from rich.table import Table
 from replicator import __version__
 from replicator.config import Settings, load_settings
 from replicator.errors import ConfigError, ReplicatorError
-from replicator.log import mask, setup_logging
+from replicator.log import log_settings, mask, setup_logging
+from replicator.osservice import service_cli
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Width of standard output when it is not a terminal (a pipe, a file): wide enough that a
@@ -63,11 +64,10 @@ class Ctx:
                     "REPLICATOR_CONFIG (try `replicator demo` to see a working one)"
                 )
             self._settings = load_settings(self.config_path)
-            log = self._settings.config.log
-            file = log.file
-            if file is not None and not file.is_absolute():
-                file = self.config_path.parent / file
-            setup_logging(self.log_level or log.level, file, log.rotation, log.retention)
+            # A command always logs to the console; `run` calls setup_logging again with
+            # log_settings(..., for_service=True). A relative [log] dir is relative to the
+            # config file's folder (settings.path is self.config_path).
+            setup_logging(**log_settings(self._settings, level=self.log_level))
         return self._settings
 
 
@@ -414,6 +414,41 @@ def print_status(rows: list[Any]) -> None:
 
 
 @cli.command()
+@click.pass_obj
+@failing_loud
+def run(ctx: Ctx) -> None:
+    """Run the service loop: every job at its `every`, until SIGTERM or Ctrl-C.
+
+    What the OS service starts (`replicator service install`). Transient failures are
+    retried with backoff, permanent ones every `[service] permanent_retry`; one line per job
+    run goes to the log; `replicator status` shows what the service sees. Exits 6 when
+    another `replicator run` already runs with this config."""
+    import threading
+
+    from replicator.preflight import sqlite_files, used_databases
+    from replicator.scheduler import run_service, stop_on_signals
+
+    stop = threading.Event()
+    restore = stop_on_signals(stop)  # from the first moment: a stop while starting is clean
+    settings = ctx.settings()
+    setup_logging(**log_settings(settings, for_service=True, level=ctx.log_level))
+    jobs = settings.jobs()
+    if not jobs:
+        raise ConfigError(f"{settings.path}: no jobs to run; add [[jobs]] entries")
+    dbs = _databases(ctx)
+    try:
+        sqlite_files(settings, dbs, used_databases(jobs))  # a typo in a path fails now
+    finally:
+        dbs.close()
+    try:
+        code = run_service(ctx.config_path, stop, settings=settings)
+    finally:
+        restore()
+    if code:
+        sys.exit(code)
+
+
+@cli.command()
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="write to this file")
 @failing_loud
 def schema(output: Path | None) -> None:
@@ -452,6 +487,9 @@ def demo(ctx: Ctx, directory: Path | None, registers: int, force: bool) -> None:
 
     setup_logging(ctx.log_level or "WARNING")
     run_demo(directory, registers, out, force=force)
+
+
+cli.add_command(service_cli)
 
 
 def main() -> None:

@@ -8,12 +8,20 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from replicator.diagnostics import format_validation_error
 from replicator.errors import ConfigError
+from replicator.log import add_secret
 from replicator.mapping import MappingFile, TableMapping, load_mapping_sources
 from replicator.sourcefile import Loc, SourceFile, load_toml
 from replicator.values import UTC_NAME, check_timezone, local_timezone
@@ -97,9 +105,23 @@ class DatabaseConfig(Strict):
         return value
 
 
+DURATION = r"^[1-9]\d*(s|m|h)$"
+
+
+def seconds_of(duration: str) -> int:
+    """`30s`, `5m`, `1h` in seconds (the pattern DURATION is validated first)."""
+    return int(duration[:-1]) * {"s": 1, "m": 60, "h": 3600}[duration[-1]]
+
+
 class JobConfig(Strict):
     group: str
-    every: str = Field(default="60s", pattern=r"^\d+(s|m|h)$", description="e.g. 30s, 5m, 1h")
+    every: str = Field(default="60s", pattern=DURATION, description="e.g. 30s, 5m, 1h")
+    max_lag: str | None = Field(
+        default=None,
+        pattern=DURATION,
+        description="alarm when a change older than this has not been delivered, e.g. 10m "
+        "(default: ten times `every`, at least 5m)",
+    )
     registers: list[str] | None = Field(
         default=None,
         min_length=1,
@@ -108,21 +130,103 @@ class JobConfig(Strict):
 
     @property
     def seconds(self) -> int:
-        unit = {"s": 1, "m": 60, "h": 3600}[self.every[-1]]
-        return int(self.every[:-1]) * unit
+        return seconds_of(self.every)
+
+    @property
+    def lag_alarm(self) -> int:
+        return seconds_of(self.max_lag) if self.max_lag else max(300, 10 * self.seconds)
 
 
 class LogConfig(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    file: Path | None = None
-    rotation: str = "10 MB"
-    retention: str = "30 days"
+    dir: Path | None = Field(
+        default=None,
+        description="folder of the daily log files replicator-YYYY-MM-DD.log, relative to "
+        "this file's folder; default: $LOGS_DIRECTORY (systemd's LogsDirectory=), else none",
+    )
+    retention_days: int = Field(
+        default=90, ge=1, description="days an earlier day's log file is kept (gzipped)"
+    )
+    format: Literal["text", "json"] = Field(
+        default="text", description='"json": the files hold JSON lines, for log shippers'
+    )
+    console: bool | None = Field(
+        default=None,
+        description="`replicator run` also logs to standard error; default: when it is a "
+        "terminal or when there is no log folder (other commands always do)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data: object) -> object:
+        if isinstance(data, dict):
+            if "file" in data:
+                raise ValueError(
+                    "`file` was replaced by `dir` (a folder of daily files "
+                    'replicator-YYYY-MM-DD.log); write dir = "logs" with the folder of the '
+                    "file, and remove rotation and retention"
+                )
+            if "rotation" in data:
+                raise ValueError(
+                    "`rotation` is gone: a new file starts at local midnight; remove it"
+                )
+            if "retention" in data:
+                raise ValueError(
+                    "`retention` was replaced by `retention_days` (a number of days, default 90)"
+                )
+        return data
+
+    def folder(self, base: Path) -> Path | None:
+        """The folder of the log files: `dir` (relative to `base`, the config file's
+        folder), else the first folder of $LOGS_DIRECTORY (set by systemd for a unit with
+        LogsDirectory=), else None: no files."""
+        if self.dir is not None:
+            return self.dir if self.dir.is_absolute() else base / self.dir
+        systemd = os.environ.get("LOGS_DIRECTORY", "").split(os.pathsep)[0]
+        return Path(systemd) if systemd else None
 
 
 class SyncConfig(Strict):
     page_rows: int = Field(default=5000, ge=1, description="rows read per page")
     batch_rows: int = Field(default=20000, ge=1, description="changes per target transaction")
     lock_timeout_ms: int = Field(default=2000, ge=0)
+
+
+class ServiceConfig(Strict):
+    """`replicator run`: the service loop."""
+
+    workers: int = Field(default=4, ge=1, le=64, description="jobs run at the same time (threads)")
+    http: str | None = Field(
+        default=None,
+        pattern=r"^[^\s:]*:\d{1,5}$",
+        description='serve /health and /metrics here, e.g. "127.0.0.1:8787" (default: off)',
+    )
+    state_dir: Path | None = Field(
+        default=None,
+        description="folder of the service's state file and lock (default: $STATE_DIRECTORY, "
+        "which systemd sets, else the folder of this file)",
+    )
+    retry_after: str = Field(
+        default="5s", pattern=DURATION, description="first retry after a transient failure"
+    )
+    max_backoff: str = Field(
+        default="5m", pattern=DURATION, description="longest wait between transient retries"
+    )
+    permanent_retry: str = Field(
+        default="10m",
+        pattern=DURATION,
+        description="retry pace of a job that failed for a reason a person must fix",
+    )
+    stall: str = Field(
+        default="5m",
+        pattern=DURATION,
+        description="a job that makes no progress for this long has its connections cut",
+    )
+    shared: bool = Field(
+        default=False,
+        description="several `replicator run` processes share this server's jobs through "
+        "leases in the server database (`setup` creates their table)",
+    )
 
 
 class Config(Strict):
@@ -134,6 +238,7 @@ class Config(Strict):
     jobs: list[JobConfig] = Field(default_factory=list)
     log: LogConfig = LogConfig()
     sync: SyncConfig = SyncConfig()
+    service: ServiceConfig = ServiceConfig()
 
 
 class Job(BaseModel):
@@ -148,6 +253,8 @@ class Job(BaseModel):
     target_node: str
     vars: dict[str, Var]
     every: int
+    max_lag: int = 300  # seconds: the lag that makes the job degraded
+    server: str = ""  # the server database of the job (its leases live there)
 
     @property
     def name(self) -> str:
@@ -196,6 +303,7 @@ class Settings:
         for group in dict.fromkeys(wanted):
             job_cfg = next((j for j in self.config.jobs if j.group == group), None)
             every = job_cfg.seconds if job_cfg else 60
+            max_lag = job_cfg.lag_alarm if job_cfg else 600
             chosen = job_cfg.registers if job_cfg and job_cfg.registers else registers
             down = self.groups[group].direction == "server_to_register"
             for server in servers:
@@ -211,6 +319,8 @@ class Settings:
                             target_node=self.node(dst),
                             vars=node_vars,
                             every=every,
+                            max_lag=max_lag,
+                            server=server,
                         )
                     )
         return out
@@ -251,6 +361,7 @@ def _password(name: str, db: DatabaseConfig, base: Path) -> str | None:
                 f"database {name!r}: environment variable {db.password_env} is not set; "
                 f"set it (looked in the environment because of password_env)"
             )
+        add_secret(value)  # never written by a log sink
         return value
     if db.password_file:
         path = db.password_file if db.password_file.is_absolute() else base / db.password_file
@@ -262,6 +373,7 @@ def _password(name: str, db: DatabaseConfig, base: Path) -> str | None:
                 f"database {name!r}: cannot read the password from {path} (password_file); "
                 "its first line must hold the password"
             ) from None
+        add_secret(text)  # never written by a log sink, even when the file is refused below
         if os.name == "posix" and mode & 0o077:
             raise ConfigError(
                 f"database {name!r}: {path} can be read by other users; run "

@@ -31,6 +31,7 @@ class ControlTables:
     tombstone: sa.Table
     incarnation: sa.Table
     ack: sa.Table
+    lease: sa.Table
 
 
 def control_tables(schema: str | None, prefix: str) -> ControlTables:
@@ -138,7 +139,17 @@ def control_tables(schema: str | None, prefix: str) -> ControlTables:
         ),
         sa.Column("at", when, nullable=False),
     )
-    return ControlTables(md, state, job, quarantine, fence, tombstone, incarnation, ack)
+    lease = sa.Table(
+        f"{prefix}lease",
+        md,
+        sa.Column("job", sa.String(200), primary_key=True),
+        sa.Column("holder", sa.String(200), comment="the `replicator run` process running it"),
+        sa.Column("expires_at", when, comment="the holder renews it while it runs"),
+        sa.Column("next_due", when, nullable=False, comment="when any process may run it next"),
+        sa.Column("runs", sa.BigInteger, nullable=False, server_default="0"),
+        comment="jobs shared by several `replicator run` processes ([service] shared = true)",
+    )
+    return ControlTables(md, state, job, quarantine, fence, tombstone, incarnation, ack, lease)
 
 
 def now() -> datetime:

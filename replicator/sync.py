@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +76,8 @@ class JobResult:
     skipped: str | None = None
     error: ReplicatorError | None = None
     longest_write: float = 0.0  # the longest target write transaction, in seconds
+    blocker: str | None = None  # a long source transaction that held the bound back
+    stopped: bool = False  # the service asked it to stop: it ended at a commit, to resume
 
     @property
     def rows(self) -> int:
@@ -91,21 +94,39 @@ class TargetState:
 
 
 class Databases:
-    """The node's open backends, one per configured database, opened on first use."""
+    """The node's open backends, one per configured database, opened on first use (by any of
+    the service's worker threads: their engines are thread-safe)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, pool_size: int = 5) -> None:
         self.settings = settings
+        self.pool_size = pool_size
         self._open: dict[str, Backend] = {}
+        self._lock = threading.Lock()
 
     def __getitem__(self, name: str) -> Backend:
-        if name not in self._open:
-            self._open[name] = open_backend(
-                self.settings.url(name),
-                self.node(name),
-                self.settings.config.sync.lock_timeout_ms,
-                timezone=self.settings.timezone(name),
-            )
-        return self._open[name]
+        backend = self._open.get(name)
+        if backend is not None:
+            return backend
+        with self._lock:
+            if name not in self._open:
+                self._open[name] = open_backend(
+                    self.settings.url(name),
+                    self.node(name),
+                    self.settings.config.sync.lock_timeout_ms,
+                    timezone=self.settings.timezone(name),
+                    pool_size=self.pool_size,
+                )
+            return self._open[name]
+
+    def opened(self) -> list[Backend]:
+        return list(self._open.values())
+
+    def forget_tables(self, *names: str) -> None:
+        """Reflect these databases' tables again at their next use."""
+        for name in names:
+            backend = self._open.get(name)
+            if backend is not None:
+                backend.forget_tables()
 
     def node(self, name: str) -> str:
         return self.settings.node(name)
@@ -141,6 +162,11 @@ class JobRunner:
         self.chunk_rows = min(self.batch_rows, 200) if hold else self.batch_rows
         self._warned: set[int] = set()  # pids of long transactions already reported
         self.max_batches: int | None = None
+        # set by the service loop: a stop request (honoured at the next commit) and a call
+        # made at every page, which tells its stall guard that the job is moving
+        self.stop: threading.Event | None = None
+        self.heartbeat: Any = None
+        self.report = True  # log the run's outcome (the service logs its own summary)
         self.reverse = self._reverse_jobs(settings)
 
     def _reverse_jobs(self, settings: Settings) -> dict[str, tuple[str, str, str]]:
@@ -214,6 +240,9 @@ class JobRunner:
         try:
             self.plans()
             while max_batches is None or result.batches < max_batches:
+                if self.stopping():
+                    result.stopped = True
+                    break
                 if not self.batch(result, max_batches):
                     break
         except BusyError as exc:
@@ -221,7 +250,8 @@ class JobRunner:
             self.log.info("skipped: {}", exc)
         except ReplicatorError as exc:
             result.error = exc
-            self.log.error("failed: {}", exc)
+            if self.report:
+                self.log.error("failed: {}", exc)
         stopped = {t: r.error for t, r in result.tables.items() if r.error}
         only_tables = bool(stopped) and result.error is None
         if only_tables:
@@ -230,7 +260,7 @@ class JobRunner:
                 + f" ({len(result.tables) - len(stopped)} other tables of the group went on)"
             )
         result.seconds = time.perf_counter() - started
-        if result.rows or result.error:
+        if self.report and (result.rows or result.error):
             self.log.info(
                 "{} rows in {} batches, {:.3f}s{}",
                 result.rows,
@@ -241,6 +271,13 @@ class JobRunner:
         if not result.skipped:
             self._record(result, only_tables)
         return result
+
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat()
 
     def _record(self, result: JobResult, only_tables: bool) -> None:
         """Save the run's outcome on the target (status shows the last error). A stopped
@@ -260,6 +297,7 @@ class JobRunner:
         try:
             with self.source.read_snapshot() as sconn:
                 pos = self.source.source_position(sconn, self.job.name)
+                result.blocker = pos.blocker.text if pos.blocker else None
                 if pos.blocker and pos.blocker.pid not in self._warned:
                     self._warned.add(pos.blocker.pid)
                     self.log.warning("source {}: {}", self.source.display_url, pos.blocker)
@@ -539,6 +577,9 @@ class JobRunner:
                 self._retry(sconn, writer, rounds[plan.label], ts, cut)
             writer.commit(final=True)
         except _Enough:
+            if self.stopping():
+                result.stopped = True
+                return False
             return True
         except sa_exc.SQLAlchemyError as exc:
             writer.abort()
@@ -737,6 +778,7 @@ class _Writer:
 
     def page(self, tr: TableRound, apply: Any, kind: str | None, mark: Position | None) -> bool:
         """Apply one page of a stream; False when its table stopped (too many refusals)."""
+        self.r.beat()
         conn = self.conn()
         label = tr.plan.label
         if label in self.errors:
@@ -842,6 +884,8 @@ class _Writer:
         limit = r.max_batches
         if r.split and not final and limit is not None and self.result.batches >= limit:
             raise _Enough()
+        if r.split and not final and r.stopping():
+            raise _Enough()  # a stop request: this commit kept everything up to here
         if r.split and hold and not final:
             # keep each write short, and leave the database free long enough for a sale
             factor = min(1.5, max(0.25, hold * 0.8 / max(held, 1e-3)))

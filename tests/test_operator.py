@@ -226,13 +226,12 @@ def test_check_names_missing_grants(
 # --- 5. a full log disk ------------------------------------------------------------------------
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
 def test_a_full_log_disk_is_reported_once(tmp_path: Path) -> None:
-    config = sqlite_node(tmp_path, extra='\n[log]\nlevel = "INFO"\nfile = "/dev/full"\n')
+    """A log folder that cannot be written (here a device, not a folder; test_logs.py fills a
+    disk for real) is reported once, and the command does its work with its lines on stderr."""
+    config = sqlite_node(tmp_path, extra='\n[log]\nlevel = "INFO"\ndir = "/dev/full"\n')
     proc = process("-c", str(config), "setup")
     assert proc.returncode == 0, proc.stderr
-    message = (
-        "replicator: cannot write the log file /dev/full: No space left on device; "
-        "logging to stderr only"
-    )
+    message = "replicator: cannot write the log folder /dev/full"
     assert proc.stderr.count(message) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "Logging error" not in proc.stderr and "Exception ignored" not in proc.stderr

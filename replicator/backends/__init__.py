@@ -9,7 +9,11 @@ from replicator.errors import ConfigError
 
 
 def open_backend(
-    url: URL, node: str, lock_timeout_ms: int = 2000, timezone: str | None = None
+    url: URL,
+    node: str,
+    lock_timeout_ms: int = 2000,
+    timezone: str | None = None,
+    pool_size: int = 5,
 ) -> Backend:
     """The backend for a database URL (the password stays inside the URL object).
 
@@ -18,11 +22,11 @@ def open_backend(
     if kind == "postgresql":
         from replicator.backends.postgresql import PostgreSQLBackend
 
-        return PostgreSQLBackend(url, node, lock_timeout_ms, timezone=timezone)
+        return PostgreSQLBackend(url, node, lock_timeout_ms, timezone=timezone, pool_size=pool_size)
     if kind == "sqlite":
         from replicator.backends.sqlite import SQLiteBackend
 
-        return SQLiteBackend(url, node, lock_timeout_ms, timezone=timezone)
+        return SQLiteBackend(url, node, lock_timeout_ms, timezone=timezone, pool_size=pool_size)
     raise ConfigError(f"database kind {kind!r} is not supported yet; use postgresql or sqlite")
 
 

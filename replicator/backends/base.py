@@ -85,11 +85,17 @@ class Backend:
         return 0.0
 
     def __init__(
-        self, url: URL, node: str, lock_timeout_ms: int = 2000, timezone: str | None = None
+        self,
+        url: URL,
+        node: str,
+        lock_timeout_ms: int = 2000,
+        timezone: str | None = None,
+        pool_size: int = 5,
     ) -> None:
         self.url = url
         self.node = node
         self.lock_timeout_ms = lock_timeout_ms
+        self.pool_size = pool_size  # connections kept open (the service's workers share them)
         # The zone of this database's naive timestamps (config `timezone`); None: not known,
         # naive values are passed on as they are (UTC for our PostgreSQL sessions).
         self.timezone = timezone
@@ -169,14 +175,16 @@ class Backend:
         """Tell this database's triggers who is writing (None: the application)."""
         raise NotImplementedError
 
-    def safe_upper_bound(self, conn: Connection) -> int:
-        """The highest version all of whose writers have ended, read in `conn`'s snapshot."""
+    def safe_upper_bound(self, conn: Connection, job: str) -> int:
+        """The highest version all of whose writers have ended, read in `conn`'s snapshot
+        (for `job`: a bound may be kept per job, never across jobs, whose snapshots are
+        taken at other times by other threads)."""
         raise NotImplementedError
 
     # --- the source position: bound, identity, acknowledgements ------------------------------
     def source_position(self, conn: Connection, job: str) -> SourcePosition:
         """What this database says about itself in `conn`'s read snapshot."""
-        bound = self.safe_upper_bound(conn)
+        bound = self.safe_upper_bound(conn, job)
         inc = self.ct.incarnation.c
         incarnation = conn.execute(sa.select(inc.incarnation).where(inc.id == 1)).scalar()
         a = self.ct.ack.c
@@ -471,11 +479,21 @@ class Backend:
             )
         if isinstance(exc, UnicodeError | ValueError | TypeError):
             return PermanentError(f"{self.display_url}: bad value: {exc}")
+        transient = self.is_transient(getattr(exc, "orig", exc))
+        if transient is not None:
+            kind = TransientError if transient else PermanentError
+            return kind(f"{self.display_url}: {first_line(exc)}")
         if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
             return TransientError(f"{self.display_url}: {first_line(exc)}")
         if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
             return TransientError(f"{self.display_url}: connection lost: {first_line(exc)}")
         return PermanentError(f"{self.display_url}: {first_line(exc)}")
+
+    def is_transient(self, orig: BaseException) -> bool | None:
+        """Whether a driver error goes away by itself (True: retry with backoff), will not
+        (False: a schema, privilege or data problem to fix), or None: unknown (the class of
+        the error decides). Sorted by the driver's codes, never by message text."""
+        return None
 
     def row_error(self, exc: BaseException) -> str | None:
         """The quarantine state for a failure caused by the data of some row, or None for a

@@ -85,6 +85,13 @@ SELECT coalesce(
 """
 
 
+# SQLSTATEs that go away by themselves: connection exceptions, insufficient resources,
+# operator intervention (shutdown, restart, statement timeout), lock not available,
+# serialization failure and deadlock. Anything else (undefined column, privilege...) is fixed
+# by a person.
+TRANSIENT_CLASSES = {"08", "53", "57", "58"}
+TRANSIENT_STATES = {"55P03", "55006", "40001", "40P01", "25P03"}
+
 # The oldest writing transaction of this database, when it is older than BLOCKER_SECONDS.
 BLOCKER_SECONDS = 60
 BLOCKER = """
@@ -99,11 +106,14 @@ SELECT pid, application_name, usename, extract(epoch FROM now() - xact_start), s
 class PostgreSQLBackend(Backend):
     dialect = "postgresql"
     versions_are_transactions = True
-    _last_bound = 0
     blocker_seconds: float = BLOCKER_SECONDS  # age of a transaction worth a warning
     capabilities = Capabilities(max_bind_params=32767, bulk_copy=True, schemas=True)
     control_schema = "replicator"
     control_prefix = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bounds: dict[str, int] = {}  # per job: the highest bound it has read
 
     def create_engine(self, url: URL) -> Engine:
         if url.drivername == "postgresql":
@@ -116,7 +126,18 @@ class PostgreSQLBackend(Backend):
         engine = sa.create_engine(
             url,
             pool_pre_ping=True,
+            pool_size=self.pool_size,
+            max_overflow=self.pool_size,
+            pool_recycle=1800,  # a service runs for months: connections are renewed
+            pool_timeout=60,
             connect_args={
+                # a dead link (a NAT that forgot us, a cable pulled mid-query) is noticed in
+                # about a minute, not after the kernel's two hours
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+                "tcp_user_timeout": 60000,
                 # no server-side prepared statements: their generic plans turn key lookups
                 # (`row_key IN (...)`) into scans of a whole table
                 "prepare_threshold": None,
@@ -177,12 +198,19 @@ class PostgreSQLBackend(Backend):
             while page := cur.fetchmany(page_rows):
                 yield page
 
+    def is_transient(self, orig: BaseException) -> bool | None:
+        state = getattr(orig, "sqlstate", None)
+        if state is None:
+            # no SQLSTATE: the client side failed (refused, reset, timed out, server gone)
+            return True if isinstance(orig, psycopg.OperationalError) else None
+        return state[:2] in TRANSIENT_CLASSES or state in TRANSIENT_STATES
+
     def mark_origin(self, conn: Connection, origin: str | None) -> None:
         conn.execute(
             sa.text("SELECT set_config('replicator.origin', :o, true)"), {"o": origin or ""}
         )
 
-    def safe_upper_bound(self, conn: Connection) -> int:
+    def safe_upper_bound(self, conn: Connection, job: str) -> int:
         # Every transaction id below the snapshot's horizon has ended: rows stamped with it
         # are final. A transaction of this database that took an older id and is still open
         # holds the bound back (so its late commit is never skipped). Transaction ids are
@@ -193,12 +221,14 @@ class PostgreSQLBackend(Backend):
         # The bound can come out lower than an earlier one (a transaction of another database
         # that ends between the snapshot and the read of pg_stat_activity is counted as
         # running here): an earlier bound stays safe, so it never goes backwards.
-        value = max(int(conn.exec_driver_sql(SAFE_BOUND).scalar() or 0), self._last_bound)
-        self._last_bound = value
+        # Kept per job: a job's snapshots follow each other, while another job's snapshot (in
+        # another worker thread) may be older than a bound read a moment ago.
+        value = max(int(conn.exec_driver_sql(SAFE_BOUND).scalar() or 0), self._bounds.get(job, 0))
+        self._bounds[job] = value
         return value
 
     def forget_bound(self) -> None:
-        self._last_bound = 0
+        self._bounds.clear()
 
     def source_position(self, conn: Connection, job: str) -> SourcePosition:
         self.refuse_standby(conn)

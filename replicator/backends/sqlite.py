@@ -22,6 +22,10 @@ SQLITE_CONSTRAINT_FOREIGNKEY = 787
 SQLITE_TOOBIG = 18
 SQLITE_MISMATCH = 20
 SQLITE_RANGE = 25
+# Primary result codes that go away by themselves: BUSY, LOCKED, NOMEM, INTERRUPT, IOERR,
+# FULL, CANTOPEN, PROTOCOL. The rest (ERROR: no such table or column; READONLY; CORRUPT...)
+# need a person.
+SQLITE_TRANSIENT = {5, 6, 7, 9, 10, 13, 14, 15}
 
 
 class SQLiteBackend(Backend):
@@ -152,7 +156,7 @@ class SQLiteBackend(Backend):
                     column.type = lenient
         return table
 
-    def safe_upper_bound(self, conn: Connection) -> int:
+    def safe_upper_bound(self, conn: Connection, job: str) -> int:
         value = conn.exec_driver_sql("SELECT version FROM replicator_clock WHERE id = 1").scalar()
         return int(value or 0)
 
@@ -161,6 +165,12 @@ class SQLiteBackend(Backend):
         25, 50, 50, then 100 ms between attempts: a sale that waited less than ~180 ms retries
         at least every 50 ms, so a 60 ms pause lets it in; after a longer hold, 110 ms."""
         return 0.06 if held < 0.17 else 0.11
+
+    def is_transient(self, orig: BaseException) -> bool | None:
+        code = getattr(orig, "sqlite_errorcode", None)
+        if code is None:
+            return None
+        return code & 0xFF in SQLITE_TRANSIENT
 
     def row_error(self, exc: BaseException) -> str | None:
         """Sorted by SQLite's extended result codes, not by message text."""
