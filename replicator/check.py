@@ -175,6 +175,10 @@ class Grants:
                 serial = {c.name for c in control.c}  # e.g. quarantine.id, from its sequence
                 self._add(job.target, control.schema, control.name, WRITE, "control table", serial)
             self.temporary.setdefault(job.target, set()).add(job.name)
+        server = databases[job.server] if job.server else None
+        if settings.config.service.shared and server and server.dialect == "postgresql":
+            lease = server.ct.lease
+            self._add(job.server, lease.schema, lease.name, WRITE, "leases of shared jobs")
         if source.dialect == "postgresql":
             for plan in plans:
                 self._add(

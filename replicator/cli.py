@@ -369,7 +369,7 @@ def status(ctx: Ctx, groups: tuple[str, ...], as_json: bool) -> None:
     last run failed) makes it exit 4 when one of the job's databases cannot be reached, 3
     when one is not set up, 5 otherwise."""
     from replicator.preflight import sqlite_files, used_databases
-    from replicator.status import collect
+    from replicator.status import attach_service, collect, service_view
 
     settings = ctx.settings()
     jobs = settings.jobs(list(groups) or None)
@@ -377,10 +377,13 @@ def status(ctx: Ctx, groups: tuple[str, ...], as_json: bool) -> None:
     try:
         sqlite_files(settings, dbs, used_databases(jobs))
         rows = collect(settings, dbs, list(groups) or None)
+        service = service_view(settings)
+        attach_service(rows, service)
         if as_json:
             _emit_json([r.as_json() for r in rows])
         else:
             print_status(rows)
+            print_service(service)
         failed = _status_failures(jobs, rows, dbs)
     finally:
         dbs.close()
@@ -403,6 +406,31 @@ def _status_failures(jobs: list[Any], rows: list[Any], dbs: Any) -> list[Replica
         error = diagnose.of(by_name[name], reason) if name in by_name else ReplicatorError(reason)
         errors.append(type(error)(f"job {name}: {error}"))
     return errors
+
+
+def print_service(doc: dict[str, Any] | None) -> None:
+    """What the service (`replicator run`) of this config says, under the status table."""
+    if doc is None:
+        out.print("service  no `replicator run` has run with this config on this machine")
+        return
+    svc = doc["service"]
+    if not svc.get("running"):
+        out.print(
+            f"service  NOT RUNNING (last seen {svc.get('updated', '?')[:19]} UTC, pid "
+            f"{svc.get('pid')} on {svc.get('host')}); start it: systemctl start replicator",
+            markup=False,
+        )
+        return
+    problems = [f"log: {p}" for p in svc.get("problems", [])]
+    for job in doc.get("jobs", []):
+        problems += [f"{job['job']}: {reason}" for reason in job.get("reasons", [])]
+    out.print(
+        f"service  {svc.get('health', '?')}: pid {svc.get('pid')} on {svc.get('host')} since "
+        f"{svc.get('started', '?')[:19]} UTC, {len(doc.get('jobs', []))} jobs",
+        markup=False,
+    )
+    for line in problems:
+        out.print(f"  {mask(line)}", markup=False)
 
 
 def print_status(rows: list[Any]) -> None:

@@ -79,6 +79,7 @@ class JobHealth:
     target: str
     every: int
     max_lag: int
+    since: datetime  # when the service started watching it
     state: str = "starting"  # starting | ok | retrying | failing | busy
     running: bool = False
     last_start: datetime | None = None
@@ -98,7 +99,8 @@ class JobHealth:
     errors: int = 0
 
     def lag(self, at: datetime) -> float | None:
-        """Seconds since the last moment everything was delivered (None: never yet)."""
+        """Seconds since the last moment everything was delivered (None: not since the
+        service started)."""
         if self.caught_up_at is None:
             return None
         return max(0.0, (at - self.caught_up_at).total_seconds())
@@ -119,10 +121,13 @@ class JobHealth:
             level = "degraded"
             reasons.append(f"retrying after {self.failures} failed runs: {self.last_error}")
         lag = self.lag(at)
-        started = self.last_start or at
-        if lag is None and (at - started).total_seconds() > self.max_lag:
+        waited = (at - self.since).total_seconds()
+        if lag is None and waited > self.max_lag:
             level = "failing" if level == "failing" else "degraded"
-            reasons.append("has never completed a run")
+            reasons.append(
+                f"changes may be waiting: no run has completed in the {_age(waited)} since "
+                "the service started"
+            )
         elif lag is not None and lag > self.max_lag:
             level = "failing" if level == "failing" else "degraded"
             reasons.append(
@@ -409,6 +414,10 @@ class Service:
         self.guard = StallGuard(seconds_of(self.cfg.stall))
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.leases = Leases(self.databases, self.holder) if self.cfg.shared else None
+        # A server that runs the jobs of many registers keeps no idle connection to each of
+        # them between runs (each would hold a connection slot of the register's server).
+        registers = {j.source if j.target == j.server else j.target for j in self.jobs.values()}
+        self.close_registers = len(registers) > workers
         self.started = _now()
         self.log_problem: Callable[[], str | None] = lambda: None
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -423,6 +432,7 @@ class Service:
         self._dirty = True
         self._refreshed = time.monotonic()
         self._rng = random.Random()
+        self._stopped = False
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -476,6 +486,7 @@ class Service:
             thread.join(max(0.0, deadline - time.monotonic()))
         whole = not any(t.is_alive() for t in self._threads)
         self._collect()
+        self._stopped = True
         self._write_state(force=True)
         if whole:
             self.databases.close()
@@ -563,6 +574,9 @@ class Service:
             result = JobResult(job, error=ReplicatorError(f"unexpected {type(exc).__name__}"))
         finally:
             h.running = False
+            if self.close_registers:
+                for db in {job.source, job.target} - {job.server}:
+                    self.databases[db].engine.dispose()  # idle connections only
         h.last_end = _now()
         h.runs += 1
         h.last_rows, h.last_seconds = result.rows, result.seconds
@@ -638,6 +652,7 @@ class Service:
                 "started": self.started.isoformat(),
                 "updated": at.isoformat(),
                 "stopping": self.stop.is_set(),
+                "stopped": self._stopped,
                 "workers": self.workers,
                 "health": overall,
                 "problems": problems,
@@ -672,7 +687,7 @@ def summary(job: Job, h: JobHealth, result: JobResult, delay: float) -> str:
     quarantined = sum(t.quarantined for t in result.tables.values())
     lag = h.lag(_now())
     if result.skipped:
-        outcome = "skipped (another service is running this job)"
+        outcome = f"skipped: {result.skipped}"
     elif result.error is not None and h.error_kind == "transient":
         outcome = (
             f"FAILED, retrying in {_age(delay)} (failure {h.failures} in a row): {result.error}"

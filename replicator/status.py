@@ -33,6 +33,7 @@ class TableStatus:
     error: str | None = None  # the job or table could not be read, or its last run failed
     held: dict[str, int] = field(default_factory=dict)  # per quarantine state
     warning: str | None = None  # e.g. a long transaction holding the source back
+    service: dict[str, Any] | None = None  # what a running `replicator run` says of the job
 
     @property
     def conflicts(self) -> int:
@@ -109,6 +110,55 @@ def _pending(runner: JobRunner, positions: dict[str, Any]) -> tuple[dict[str, in
             tombs = st.tombs if st else Position()
             out[plan.label] = runner.reader.pending(conn, plan, rows, tombs, PENDING_CAP)
     return out, str(blocker) if blocker else None
+
+
+def service_view(settings: Settings) -> dict[str, Any] | None:
+    """The state file of this config's `replicator run`, with `running` telling whether its
+    process is alive (None: no service has run with this config here)."""
+    import json
+    import os
+    import socket
+
+    from replicator.scheduler import state_paths
+
+    _, path = state_paths(settings)
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    svc = doc.get("service", {})
+    running = False
+    if svc.get("host") == socket.gethostname() and not svc.get("stopped"):
+        try:
+            os.kill(int(svc.get("pid", 0)), 0)
+            running = True
+        except (OSError, ValueError):
+            running = False
+    svc["running"] = running
+    svc["path"] = str(path)
+    return doc
+
+
+def attach_service(rows: list[TableStatus], doc: dict[str, Any] | None) -> None:
+    if not doc or not doc["service"].get("running"):
+        return
+    jobs = {j["job"]: j for j in doc.get("jobs", [])}
+    for r in rows:
+        job = jobs.get(r.job)
+        if job is not None:
+            r.service = {
+                k: job.get(k)
+                for k in (
+                    "state",
+                    "health",
+                    "reasons",
+                    "lag_seconds",
+                    "failures",
+                    "last_ok",
+                    "next_run",
+                    "error_kind",
+                )
+            }
 
 
 def status_table(rows: list[TableStatus]) -> Table:
