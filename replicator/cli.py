@@ -18,6 +18,7 @@ from rich.table import Table
 from replicator import __version__
 from replicator.config import Settings, load_settings
 from replicator.errors import ConfigError, ReplicatorError
+from replicator.errors_cli import errors_group
 from replicator.log import log_settings, mask, setup_logging
 from replicator.osservice import service_cli
 
@@ -518,6 +519,7 @@ def demo(ctx: Ctx, directory: Path | None, registers: int, force: bool) -> None:
 
 
 cli.add_command(service_cli)
+cli.add_command(errors_group)
 
 
 def main() -> None:

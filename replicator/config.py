@@ -43,11 +43,27 @@ class NodeConfig(Strict):
         description="IANA time zone of the naive timestamps of this node's SQLite databases, "
         'e.g. "America/Sao_Paulo"; default: this machine\'s zone',
     )
+    lang: str | None = Field(
+        default=None,
+        description='staff language of `closing`, `status` and `errors`, e.g. "pt-BR" or "en"; '
+        "default: LC_ALL/LC_MESSAGES/LANG, else English",
+    )
 
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str | None) -> str | None:
         return None if value is None else check_timezone(value)
+
+    @field_validator("lang")
+    @classmethod
+    def _known_lang(cls, value: str | None) -> str | None:
+        from replicator.i18n import LANGUAGES, normalize
+
+        if value is not None and normalize(value) is None:
+            raise ValueError(
+                f"{value!r} is not a language of the replicator: use one of " + ", ".join(LANGUAGES)
+            )
+        return value
 
 
 class DatabaseConfig(Strict):

@@ -3,9 +3,10 @@ the DDL a DBA reviews and `setup` installs the same thing.
 
 Target side: `state` (per job and table: the row and tombstone positions, counters, last error),
 `job` (per job: the source's incarnation, the acknowledged sequence, the last run and error),
-`quarantine` (rows held back, with their state) and `fence` (target keys written by an earlier
-incarnation of the source). Source side: `tombstone` (deleted keys), `incarnation` (this
-database's identity) and `ack` (what each job reading this database has applied).
+`quarantine` (rows held back, with their state), `dismissal` (held rows an operator dismissed,
+with who and why) and `fence` (target keys written by an earlier incarnation of the source).
+Source side: `tombstone` (deleted keys), `incarnation` (this database's identity) and `ack`
+(what each job reading this database has applied).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ControlTables:
     incarnation: sa.Table
     ack: sa.Table
     lease: sa.Table
+    dismissal: sa.Table
 
 
 def control_tables(schema: str | None, prefix: str) -> ControlTables:
@@ -149,7 +151,29 @@ def control_tables(schema: str | None, prefix: str) -> ControlTables:
         sa.Column("runs", sa.BigInteger, nullable=False, server_default="0"),
         comment="jobs shared by several `replicator run` processes ([service] shared = true)",
     )
-    return ControlTables(md, state, job, quarantine, fence, tombstone, incarnation, ack, lease)
+    dismissal = sa.Table(
+        f"{prefix}dismissal",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("quarantine_id", sa.Integer, comment="the quarantine row it dismissed"),
+        sa.Column("job", sa.String(200), nullable=False),
+        sa.Column("table_name", sa.String(200), nullable=False),
+        sa.Column("row_key", sa.Text, nullable=False, comment="canonical JSON target key"),
+        sa.Column("row_data", sa.Text, comment="JSON object of the row as sent"),
+        sa.Column(
+            "held_state", sa.String(20), nullable=False, comment="waiting, refused, conflict"
+        ),
+        sa.Column("held_reason", sa.Text, nullable=False, comment="the database's message"),
+        sa.Column("reason", sa.Text, nullable=False, comment="why the operator dismissed it"),
+        sa.Column("dismissed_by", sa.String(200), nullable=False),
+        sa.Column("dismissed_at", when, nullable=False),
+        sa.Index(f"{prefix}dismissal_at", "dismissed_at"),
+        comment="held rows an operator dismissed (`replicator errors dismiss`), for the record "
+        "and the closing report",
+    )
+    return ControlTables(
+        md, state, job, quarantine, fence, tombstone, incarnation, ack, lease, dismissal
+    )
 
 
 def now() -> datetime:

@@ -449,3 +449,49 @@ def test_a_job_that_cannot_deliver_is_degraded_after_its_max_lag(
             wait_for(lambda: _get(port, "/health")[1]["jobs"][0]["health"] == "ok", 30, "ok")
         finally:
             stop(proc)
+
+
+# --- the day's log ----------------------------------------------------------------------------
+def test_the_day_s_log_has_a_line_per_run_and_no_password(
+    pg_database: Callable[[], str], sqlite_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """A store manager reads the day's file: one summary line per job run, and the database
+    password (known to the service through password_env) appears nowhere it writes."""
+    from datetime import datetime
+
+    server, register = pg_database(), sqlite_database()
+    # the password is the database's name (trust auth ignores it): every line that names the
+    # database, such as the failure below, would show it without the masking
+    secret = server.rsplit("/", 1)[1]
+    execute(server, ITEM_DDL)
+    execute(register, ITEM_DDL)
+    config = service_node(tmp_path, server, register)
+    text = config.read_text().replace(
+        f'url = "{server}"', f'url = "{server}"\npassword_env = "REPL_TEST_PW"'
+    )
+    config.write_text(text + '\n[service]\npermanent_retry = "1s"\n[log]\ndir = "logs"\n')
+    day = tmp_path / "logs" / f"replicator-{datetime.now().date().isoformat()}.log"
+    os.environ["REPL_TEST_PW"] = secret  # trust auth: the server ignores it, we must hide it
+    try:
+        execute(register, "INSERT INTO item (id, name, qty) VALUES (1, 'one', 1), (2, 'two', 2)")
+        execute(server, "DROP TABLE item")
+        proc = start(config)
+        try:
+            wait_for(
+                lambda: day.exists() and "NEEDS ATTENTION" in day.read_text(), 30, "the failure"
+            )
+            execute(server, ITEM_DDL)  # fixed: picked up at the next slow retry
+            wait_for(lambda: count(server) == 2, 30, "the sales on the server")
+            time.sleep(1.5)  # a few idle runs
+        finally:
+            stop(proc)
+    finally:
+        del os.environ["REPL_TEST_PW"]
+    lines = day.read_text().splitlines()
+    assert any("FAILED, NEEDS ATTENTION" in line and "***" in line for line in lines)
+    runs = [line for line in lines if "itens caixa -> server: ok;" in line]
+    assert any("2 rows written, 0 deleted" in line for line in runs), lines[-5:]
+    assert len(runs) >= 2
+    everything = [day, tmp_path / "run.log", tmp_path / "replicator.state.json"]
+    for path in everything:
+        assert secret not in path.read_text(), path
