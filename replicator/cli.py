@@ -361,16 +361,63 @@ def _job_json(res: Any) -> dict[str, Any]:
 @cli.command()
 @click.argument("groups", nargs=-1)
 @JSON_OPTION
+@click.option(
+    "--watch",
+    "watch",
+    type=click.IntRange(min=1),
+    is_flag=False,
+    flag_value=5,
+    default=None,
+    help="refresh every N seconds (default 5) until Ctrl-C",
+)
 @click.pass_obj
 @failing_loud
-def status(ctx: Ctx, groups: tuple[str, ...], as_json: bool) -> None:
-    """Per job and table: progress, pending changes, quarantined rows.
+def status(ctx: Ctx, groups: tuple[str, ...], as_json: bool, watch: int | None) -> None:
+    """Per job and table: progress, pending changes, held rows; what the service says.
 
-    The table comes first; then a job with an error (its status could not be read, or its
-    last run failed) makes it exit 4 when one of the job's databases cannot be reached, 3
-    when one is not set up, 5 otherwise."""
+    The table comes first (for a server with several registers, then one line per register,
+    the worst first); then a job with an error (its status could not be read, or its last
+    run failed) makes it exit 4 when one of the job's databases cannot be reached, 3 when one
+    is not set up, 5 otherwise; with no error, rows held or conflicts, or a service that is
+    degraded, failing or not running, make it exit 7 (needs attention)."""
+    if watch is not None and not as_json:
+        import time
+
+        from rich.live import Live
+
+        with Live(console=out, auto_refresh=False, screen=out.is_terminal) as live:
+            try:
+                while True:
+                    live.update(_status_view(ctx, groups)[0], refresh=True)
+                    time.sleep(watch)
+            except KeyboardInterrupt:
+                return
+    view, document, failed = _status_view(ctx, groups)
+    if as_json:
+        _emit_json(document)
+    else:
+        out.print(view)
+    if failed:
+        for line in failed[1:]:
+            err.print(mask(str(line)), markup=False)
+        raise failed[0]
+
+
+def _status_view(ctx: Ctx, groups: tuple[str, ...]) -> tuple[Any, Any, list[ReplicatorError]]:
+    """The status as printable tables, as JSON, and the errors that decide the exit code."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from replicator.errors import AttentionError
     from replicator.preflight import sqlite_files, used_databases
-    from replicator.status import attach_service, collect, service_view
+    from replicator.status import (
+        attach_service,
+        by_register,
+        collect,
+        register_table,
+        service_view,
+        status_table,
+    )
 
     settings = ctx.settings()
     jobs = settings.jobs(list(groups) or None)
@@ -380,18 +427,31 @@ def status(ctx: Ctx, groups: tuple[str, ...], as_json: bool) -> None:
         rows = collect(settings, dbs, list(groups) or None)
         service = service_view(settings)
         attach_service(rows, service)
-        if as_json:
-            _emit_json([r.as_json() for r in rows])
-        else:
-            print_status(rows)
-            print_service(service)
         failed = _status_failures(jobs, rows, dbs)
     finally:
         dbs.close()
-    if failed:
-        for line in failed[1:]:
-            err.print(mask(str(line)), markup=False)
-        raise failed[0]
+    registers = by_register(rows)
+    parts: list[Any] = [status_table(rows)]
+    parts += [
+        Text(f"warning  {mask(w)}") for w in dict.fromkeys(r.warning for r in rows if r.warning)
+    ]
+    if len(registers) > 1:
+        parts.append(register_table(registers))
+    parts += [Text(line) for line in _service_lines(service)]
+    document = [r.as_json() for r in rows]
+    if not failed:
+        held = sum(r.quarantined for r in rows)
+        svc = service["service"] if service else None
+        reasons = []
+        if held:
+            reasons.append(f"{held} rows held (see `replicator errors list`)")
+        if svc is not None and not svc.get("running"):
+            reasons.append("the service is not running")
+        elif svc is not None and svc.get("health") not in (None, "ok"):
+            reasons.append(f"the service is {svc.get('health')}")
+        if reasons:
+            failed = [AttentionError("needs attention: " + "; ".join(reasons))]
+    return Group(*parts), document, failed
 
 
 def _status_failures(jobs: list[Any], rows: list[Any], dbs: Any) -> list[ReplicatorError]:
@@ -409,37 +469,24 @@ def _status_failures(jobs: list[Any], rows: list[Any], dbs: Any) -> list[Replica
     return errors
 
 
-def print_service(doc: dict[str, Any] | None) -> None:
+def _service_lines(doc: dict[str, Any] | None) -> list[str]:
     """What the service (`replicator run`) of this config says, under the status table."""
     if doc is None:
-        out.print("service  no `replicator run` has run with this config on this machine")
-        return
+        return ["service  no `replicator run` has run with this config on this machine"]
     svc = doc["service"]
     if not svc.get("running"):
-        out.print(
-            f"service  NOT RUNNING (last seen {svc.get('updated', '?')[:19]} UTC, pid "
-            f"{svc.get('pid')} on {svc.get('host')}); start it: systemctl start replicator",
-            markup=False,
-        )
-        return
+        return [
+            f"service  NOT RUNNING (last seen {str(svc.get('updated', '?'))[:19]} UTC, pid "
+            f"{svc.get('pid')} on {svc.get('host')}); start it: systemctl start replicator"
+        ]
     problems = [f"log: {p}" for p in svc.get("problems", [])]
     for job in doc.get("jobs", []):
         problems += [f"{job['job']}: {reason}" for reason in job.get("reasons", [])]
-    out.print(
+    head = (
         f"service  {svc.get('health', '?')}: pid {svc.get('pid')} on {svc.get('host')} since "
-        f"{svc.get('started', '?')[:19]} UTC, {len(doc.get('jobs', []))} jobs",
-        markup=False,
+        f"{str(svc.get('started', '?'))[:19]} UTC, {len(doc.get('jobs', []))} jobs"
     )
-    for line in problems:
-        out.print(f"  {mask(line)}", markup=False)
-
-
-def print_status(rows: list[Any]) -> None:
-    from replicator.status import status_table
-
-    out.print(status_table(rows))
-    for warning in dict.fromkeys(r.warning for r in rows if r.warning):
-        out.print(f"warning  {mask(warning)}", markup=False)
+    return [head, *(f"  {mask(line)}" for line in problems)]
 
 
 @cli.command()

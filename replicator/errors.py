@@ -35,3 +35,10 @@ class PermanentError(ReplicatorError):
 
 class BusyError(TransientError):
     """Another service holds this job's lock in the target database."""
+
+
+class AttentionError(ReplicatorError):
+    """Nothing failed, but something needs a person: rows held, conflicts, a degraded
+    service."""
+
+    exit_code = 7

@@ -57,7 +57,9 @@ class ServiceCollector(Collector):
         )
         tlabels = [*labels, "table"]
         rows = CounterMetricFamily(
-            "replicator_rows", "rows written (inserted or updated) on the target", labels=tlabels
+            "replicator_rows",
+            "rows applied to the target (inserted, updated or already equal)",
+            labels=tlabels,
         )
         deleted = CounterMetricFamily("replicator_deletes", "rows deleted", labels=tlabels)
         held = GaugeMetricFamily(

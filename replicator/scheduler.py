@@ -703,7 +703,7 @@ def summary(job: Job, h: JobHealth, result: JobResult, delay: float) -> str:
         outcome = "ok"
     held = h.quarantined()
     return (
-        f"{job.group} {job.source} -> {job.target}: {outcome}; {written} rows written, "
+        f"{job.group} {job.source} -> {job.target}: {outcome}; {written} rows applied, "
         f"{deleted} deleted, {quarantined} newly quarantined ({held} held), "
         f"lag {'unknown' if lag is None else _age(lag)}, {result.seconds:.2f}s"
     )

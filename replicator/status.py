@@ -34,6 +34,7 @@ class TableStatus:
     held: dict[str, int] = field(default_factory=dict)  # per quarantine state
     warning: str | None = None  # e.g. a long transaction holding the source back
     service: dict[str, Any] | None = None  # what a running `replicator run` says of the job
+    register: str = ""  # the register database of the job
 
     @property
     def conflicts(self) -> int:
@@ -59,6 +60,7 @@ def collect(
     for job in settings.jobs(groups):
         runner = JobRunner(settings, databases, job)
         labels = [t.label for t in settings.groups[job.group].tables]
+        register = job.target if job.source == job.server else job.source
         try:
             target = databases[job.target]
             ct = target.ct
@@ -74,7 +76,10 @@ def collect(
             pending, warning = _pending(runner, positions)
         except (sa_exc.SQLAlchemyError, Exception) as exc:  # status reports, never crashes
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            out += [TableStatus(job.name, t, 0, 0, 0, None, None, 0, reason) for t in labels]
+            out += [
+                TableStatus(job.name, t, 0, 0, 0, None, None, 0, reason, register=register)
+                for t in labels
+            ]
             continue
         job_error = job_row.last_error if job_row is not None else None
         for label in labels:
@@ -94,6 +99,7 @@ def collect(
                     error=table_error or job_error,
                     held=counts,
                     warning=warning,
+                    register=register,
                 )
             )
     return out
@@ -196,4 +202,94 @@ def status_table(rows: list[TableStatus]) -> Table:
             str(r.conflicts),
         ]
         table.add_row(*cells, *([r.error or ""] if errors else []))
+    return table
+
+
+SEVERITY = {"error": 3, "failing": 3, "degraded": 2, "held": 1, "ok": 0}
+
+
+@dataclass
+class RegisterStatus:
+    """One register of a server's config, over all its jobs: the worst first."""
+
+    register: str
+    verdict: str  # ok | held | degraded | failing | error
+    pending: int | None
+    held: int
+    conflicts: int
+    lag_seconds: float | None
+    last_batch_at: datetime | None
+    problem: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["last_batch_at"] = self.last_batch_at.isoformat() if self.last_batch_at else None
+        return out
+
+
+def by_register(rows: list[TableStatus]) -> list[RegisterStatus]:
+    groups: dict[str, list[TableStatus]] = {}
+    for r in rows:
+        groups.setdefault(r.register, []).append(r)
+    out = []
+    for register, rs in groups.items():
+        pending = [r.pending for r in rs]
+        held = sum(r.quarantined for r in rs)
+        conflicts = sum(r.conflicts for r in rs)
+        lags = [r.service.get("lag_seconds") for r in rs if r.service]
+        healths = [r.service.get("health") for r in rs if r.service]
+        error = next((r.error for r in rs if r.error), None)
+        verdict = "ok"
+        if held or conflicts:
+            verdict = "held"
+        for h in healths:
+            if h and SEVERITY.get(h, 0) > SEVERITY[verdict]:
+                verdict = h
+        if error:
+            verdict = "error"
+        reasons = [x for r in rs if r.service for x in r.service.get("reasons") or []]
+        stamps = [
+            r.last_batch_at.replace(tzinfo=r.last_batch_at.tzinfo or UTC)
+            for r in rs
+            if r.last_batch_at
+        ]
+        out.append(
+            RegisterStatus(
+                register=register,
+                verdict=verdict,
+                pending=None if None in pending else sum(p or 0 for p in pending),
+                held=held,
+                conflicts=conflicts,
+                lag_seconds=max((x for x in lags if x is not None), default=None),
+                last_batch_at=max(stamps, default=None),
+                problem=error or (reasons[0] if reasons else None),
+            )
+        )
+    out.sort(key=lambda r: (-SEVERITY[r.verdict], -(r.lag_seconds or 0), r.register))
+    return out
+
+
+def register_table(registers: list[RegisterStatus]) -> Table:
+    table = Table(title="registers (worst first)", box=box.SIMPLE_HEAD)
+    for col in ("register", "state", "pending", "held", "conflicts", "lag", "last", "problem"):
+        table.add_column(
+            col, justify="left" if col in ("register", "state", "problem") else "right"
+        )
+    today = datetime.now(UTC).date()
+    for r in registers:
+        when = "never"
+        if r.last_batch_at:
+            when = r.last_batch_at.strftime(
+                "%H:%M:%S" if r.last_batch_at.date() == today else "%Y-%m-%d"
+            )
+        table.add_row(
+            r.register,
+            r.verdict,
+            "?" if r.pending is None else str(r.pending),
+            str(r.held),
+            str(r.conflicts),
+            "?" if r.lag_seconds is None else f"{int(r.lag_seconds)}s",
+            when,
+            r.problem or "",
+        )
     return table

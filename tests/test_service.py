@@ -490,7 +490,7 @@ def test_the_day_s_log_has_a_line_per_run_and_no_password(
     lines = day.read_text().splitlines()
     assert any("FAILED, NEEDS ATTENTION" in line and "***" in line for line in lines)
     runs = [line for line in lines if "itens caixa -> server: ok;" in line]
-    assert any("2 rows written, 0 deleted" in line for line in runs), lines[-5:]
+    assert any("2 rows applied, 0 deleted" in line for line in runs), lines[-5:]
     assert len(runs) >= 2
     everything = [day, tmp_path / "run.log", tmp_path / "replicator.state.json"]
     for path in everything:
