@@ -119,10 +119,12 @@ def test_register_restored_from_backup_keeps_archived_sales(
     assert len(conflicts) == 150, "50 sales and their 100 items wait for an operator"
     assert ("sale_item", "[3,51,2]", "conflict") in conflicts, "never under the archived sale"
     assert ("sale", "[3,51]", "conflict") in conflicts
-    # status shows them, and exits non-zero only for errors (conflicts are not errors)
+    # status shows them, and exits 7: nothing failed, but a person must look at them
     result = CliRunner().invoke(cli, ["--config", str(config), "status", "--json"])
-    shown = {r["table"]: r["conflicts"] for r in json.loads(result.output)}
+    shown = {r["table"]: r["conflicts"] for r in json.loads(result.stdout)}
     assert shown == {"sale": 50, "sale_item": 100}, result.output
+    assert result.exit_code == 7
+    assert "150 rows held (see `replicator errors list`)" in result.stderr
     # a later sale goes through, and the conflicts stay put
     sell(register, 131, 1, "next day")
     node.sync()
