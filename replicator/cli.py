@@ -21,6 +21,7 @@ from replicator.errors import ConfigError, ReplicatorError
 from replicator.errors_cli import errors_group
 from replicator.log import log_settings, mask, setup_logging
 from replicator.osservice import service_cli
+from replicator.resync import resync_command
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Width of standard output when it is not a terminal (a pipe, a file): wide enough that a
@@ -567,6 +568,7 @@ def demo(ctx: Ctx, directory: Path | None, registers: int, force: bool) -> None:
 
 cli.add_command(service_cli)
 cli.add_command(errors_group)
+cli.add_command(resync_command)
 
 
 def main() -> None:
