@@ -19,6 +19,7 @@ from replicator import __version__
 from replicator.config import Settings, load_settings
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.errors_cli import errors_group
+from replicator.init import init_command
 from replicator.log import log_settings, mask, setup_logging
 from replicator.osservice import service_cli
 from replicator.resync import resync_command
@@ -569,6 +570,7 @@ def demo(ctx: Ctx, directory: Path | None, registers: int, force: bool) -> None:
 cli.add_command(service_cli)
 cli.add_command(errors_group)
 cli.add_command(resync_command)
+cli.add_command(init_command)
 
 
 def main() -> None:
