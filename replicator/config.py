@@ -240,9 +240,26 @@ class ServiceConfig(Strict):
     )
     shared: bool = Field(
         default=False,
+        strict=True,
         description="several `replicator run` processes share this server's jobs through "
         "leases in the server database (`setup` creates their table)",
     )
+
+    @field_validator("http")
+    @classmethod
+    def _port_in_range(cls, value: str | None) -> str | None:
+        if value is not None and not 1 <= int(value.rpartition(":")[2]) <= 65535:
+            raise ValueError('the port must be 1-65535, e.g. "127.0.0.1:8787"')
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_in_order(self) -> ServiceConfig:
+        if seconds_of(self.retry_after) > seconds_of(self.max_backoff):
+            raise ValueError(
+                f"retry_after ({self.retry_after}) is longer than max_backoff "
+                f"({self.max_backoff}); make retry_after the shorter one"
+            )
+        return self
 
 
 class Config(Strict):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import queue
@@ -60,6 +61,7 @@ GRACE_SECONDS = 3.5  # how long a stop waits for jobs to reach a commit
 LEASE_SECONDS = 60  # a shared job's lease; renewed every third of it while the job runs
 REFRESH_SECONDS = 600  # reflected tables are read again this often (a schema may change)
 STATE_EVERY = 2.0  # the state file is rewritten at most this often
+IDLE_LINE_SECONDS = 600  # a job with nothing to do logs one INFO line per this many seconds
 
 
 class AlreadyRunning(ReplicatorError):
@@ -119,7 +121,13 @@ class JobHealth:
             reasons.append(f"failing: {self.last_error}")
         elif self.error_kind == "transient":
             level = "degraded"
-            reasons.append(f"retrying after {self.failures} failed runs: {self.last_error}")
+            failing_since = (at - (self.last_ok or self.since)).total_seconds()
+            if failing_since > self.max_lag:
+                level = "failing"  # an outage longer than the alarm: a person must know
+            reasons.append(
+                f"retrying after {self.failures} failed runs (for {_age(failing_since)}): "
+                f"{self.last_error}"
+            )
         lag = self.lag(at)
         waited = (at - self.since).total_seconds()
         if lag is None and waited > self.max_lag:
@@ -167,22 +175,43 @@ def _age(seconds: float) -> str:
 
 
 # --- one process per config -----------------------------------------------------------------
+def _state_name(settings: Settings) -> str:
+    """`<config stem>-<hash of its absolute path>`: two configs never share a lock."""
+    path = str(settings.path.resolve())
+    return f"{settings.path.stem}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+
+
+def _service_folders() -> list[Path]:
+    """Where an installed service keeps its state (`service install`: StateDirectory=)."""
+    if os.name == "nt":
+        base = os.environ.get("PROGRAMDATA")  # winservice.py: STATE_DIRECTORY under it
+        return [Path(base) / "replicator" / "replicator"] if base else []
+    return [Path("/var/lib/replicator")]
+
+
 def state_dir(settings: Settings) -> Path:
-    """Where the service keeps its lock and state file."""
+    """Where the service keeps its lock and state file: `[service] state_dir`; else
+    $STATE_DIRECTORY (systemd sets it for the unit); else, for a command typed in a shell,
+    the installed service's folder when it holds this config's files; else the config's
+    folder."""
     configured = settings.config.service.state_dir
     if configured is not None:
         return configured if configured.is_absolute() else settings.path.parent / configured
-    env = os.environ.get("STATE_DIRECTORY")  # systemd's StateDirectory=
+    env = os.environ.get("STATE_DIRECTORY")
     if env:
         return Path(env.split(":")[0])
+    name = _state_name(settings)
+    for folder in _service_folders():
+        if (folder / f"{name}.run.lock").exists() or (folder / f"{name}.state.json").exists():
+            return folder
     return settings.path.parent
 
 
 def state_paths(settings: Settings) -> tuple[Path, Path]:
     """The lock file and the state file of this config's service."""
     folder = state_dir(settings)
-    stem = settings.path.stem
-    return folder / f"{stem}.run.lock", folder / f"{stem}.state.json"
+    name = _state_name(settings)
+    return folder / f"{name}.run.lock", folder / f"{name}.state.json"
 
 
 class InstanceLock:
@@ -257,8 +286,10 @@ class StallGuard:
         self._conns: dict[int, set[Any]] = {}  # thread -> checked-out DBAPI connections
 
     def watch(self, engine: sa.Engine) -> None:
-        event.listen(engine, "checkout", self._checkout)
+        # first among the checkout listeners: the liveness check that follows can be cut too
+        event.listen(engine, "checkout", self._checkout, insert=True)
         event.listen(engine, "checkin", self._checkin)
+        event.listen(engine, "invalidate", self._invalidated)
 
     def _checkout(self, dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
         with self._lock:
@@ -268,6 +299,9 @@ class StallGuard:
         with self._lock:
             for conns in self._conns.values():
                 conns.discard(dbapi_conn)
+
+    def _invalidated(self, dbapi_conn: Any, _record: Any, _exc: Any) -> None:
+        self._checkin(dbapi_conn, _record)
 
     @contextlib.contextmanager
     def running(self, job: str) -> Iterator[Callable[[], None]]:
@@ -433,6 +467,8 @@ class Service:
         self._refreshed = time.monotonic()
         self._rng = random.Random()
         self._stopped = False
+        self._state_problem: str | None = None
+        self._idle_logged: dict[str, float] = {}  # job -> when its last idle line was written
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -599,7 +635,20 @@ class Service:
             h.last_ok = h.last_end
             delay = max(0.0, job.every - (h.last_end - start).total_seconds())
         level = {"transient": "WARNING", "permanent": "ERROR"}.get(h.error_kind or "", "INFO")
-        log.log(level if result.error else "INFO", summary(job, h, result, delay))
+        idle = (
+            result.error is None
+            and not result.skipped
+            and not result.rows
+            and not any(t.quarantined or t.conflicts for t in result.tables.values())
+        )
+        if idle and time.monotonic() - self._idle_logged.get(name, -1e9) < IDLE_LINE_SECONDS:
+            log.debug(summary(job, h, result, delay))  # nothing new: one INFO line in ten min
+        else:
+            log.log(level if result.error else "INFO", summary(job, h, result, delay))
+            if idle:
+                self._idle_logged[name] = time.monotonic()
+            else:
+                self._idle_logged.pop(name, None)  # the next idle run says so at once
         if self.leases is not None:
             try:
                 self.leases.release(job, _now() + timedelta(seconds=delay))
@@ -641,6 +690,8 @@ class Service:
         log_problem = self.log_problem()
         if log_problem:
             problems.append(log_problem)
+        if self._state_problem:
+            problems.append(self._state_problem)
         overall = "failing" if "failing" in levels else "degraded" if "degraded" in levels else "ok"
         if problems and overall == "ok":
             overall = "degraded"
@@ -673,9 +724,16 @@ class Service:
             tmp.write_text(json.dumps(self.snapshot(), indent=1, default=str), "utf-8")
             os.replace(tmp, path)
         except OSError as exc:
-            if not getattr(self, "_state_warned", False):
+            if self._state_problem is None:
                 logger.warning("cannot write the service state {}: {}", path, exc.strerror)
-                self._state_warned = True
+            self._state_problem = (
+                f"cannot write the service state {path}: {exc.strerror}; `status` cannot "
+                "see this service (free the disk or set [service] state_dir)"
+            )
+        else:
+            if self._state_problem is not None:
+                logger.info("the service state {} can be written again", path)
+            self._state_problem = None
         self._state_written = time.monotonic()
         self._dirty = False
 
@@ -705,7 +763,7 @@ def summary(job: Job, h: JobHealth, result: JobResult, delay: float) -> str:
     return (
         f"{job.group} {job.source} -> {job.target}: {outcome}; {written} rows applied, "
         f"{deleted} deleted, {quarantined} newly quarantined ({held} held), "
-        f"lag {'unknown' if lag is None else _age(lag)}, {result.seconds:.2f}s"
+        f"lag {'unknown' if lag is None else _age(lag)}, took {result.seconds:.2f}s"
     )
 
 

@@ -124,8 +124,8 @@ def sqlite_path(url: str) -> str:
 def test_run_rides_out_an_outage_and_a_stalled_link(
     pg_database: Callable[[], str], sqlite_database: Callable[[], str], tmp_path: Path
 ) -> None:
-    """The link to the server drops, then accepts connections and says nothing, then comes
-    back: the register never fails a sale, and every sale reaches the server exactly once,
+    """The open links to the server stop answering; then the link drops, then accepts
+    connections and says nothing, then comes back: the register never fails a sale, and every sale reaches the server exactly once,
     without restarting the service."""
     server, register = pg_database(), sqlite_database()
     execute(server, ITEM_DDL)
@@ -143,6 +143,11 @@ def test_run_rides_out_an_outage_and_a_stalled_link(
         proc = start(config)
         try:
             wait_for(lambda: count(server) > 20, 30, "first sales on the server")
+            proxy.stall()  # the open links stop answering: no error, no data
+            time.sleep(12)  # longer than the stall guard (5 s)
+            proxy.restore()
+            before = count(server)
+            wait_for(lambda: count(server) > before, 30, "sales again after a stall")
             proxy.cut()
             time.sleep(6)
             proxy.stall()
@@ -337,9 +342,7 @@ def test_second_run_on_the_same_config_refuses_and_names_the_holder(
     config = service_node(tmp_path, server, register)
     first = start(config)
     try:
-        wait_for(
-            lambda: (tmp_path / "replicator.state.json").exists(), 30, "the first service runs"
-        )
+        wait_for(lambda: any(tmp_path.glob("*.state.json")), 30, "the first service runs")
         second = subprocess.run(
             [str(REPLICATOR), "--config", str(config), "run"],
             capture_output=True,
@@ -390,7 +393,7 @@ def test_health_and_metrics_tell_what_the_service_sees(
         assert 'replicator_rows_total{group="itens"' in metrics
         assert "replicator_lag_seconds{" in metrics
         assert "replicator_errors_total{" in metrics
-        state = json.loads((tmp_path / "replicator.state.json").read_text())
+        state = json.loads(next(tmp_path.glob("replicator-*.state.json")).read_text())
         assert state["service"]["pid"] == proc.pid
     finally:
         stop(proc)
@@ -492,6 +495,43 @@ def test_the_day_s_log_has_a_line_per_run_and_no_password(
     runs = [line for line in lines if "itens caixa -> server: ok;" in line]
     assert any("2 rows applied, 0 deleted" in line for line in runs), lines[-5:]
     assert len(runs) >= 2
-    everything = [day, tmp_path / "run.log", tmp_path / "replicator.state.json"]
+    everything = [day, tmp_path / "run.log", *tmp_path.glob("*.state.json")]
     for path in everything:
         assert secret not in path.read_text(), path
+
+
+def test_a_register_file_restored_while_the_service_runs_is_read_again(
+    pg_database: Callable[[], str], sqlite_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """The register's file is replaced by last night's copy while `run` keeps its pooled
+    connections: the service reads the file that is there now, not the old one through its
+    open handle, and the sales made after the restore reach the server."""
+    server, register = pg_database(), sqlite_database()
+    execute(server, ITEM_DDL)
+    execute(register, ITEM_DDL)
+    config = service_node(tmp_path, server, register)
+    path = sqlite_path(register)
+    execute(register, items_sql(1, 5))
+    proc = start(config)
+    try:
+        wait_for(lambda: count(server) == 5, 30, "the first sales")
+        backup = tmp_path / "backup.db"
+        with sqlite3.connect(path) as src, sqlite3.connect(backup) as dst:
+            src.backup(dst)
+        src.close()
+        dst.close()
+        execute(register, items_sql(6, 10))  # sold after the backup, before the disaster
+        wait_for(lambda: count(server) == 10, 30, "the sales before the restore")
+        for suffix in ("-wal", "-shm"):
+            Path(path + suffix).unlink(missing_ok=True)
+        os.replace(backup, path)  # the register is restored from last night's copy
+        execute(register, items_sql(11, 15))
+        wait_for(lambda: count(server) == 15, 60, "the sales after the restore")
+    finally:
+        stop(proc)
+    assert sorted(r[0] for r in rows(server, "item")) == list(range(1, 16))
+
+
+def items_sql(first: int, last: int) -> str:
+    values = ", ".join(f"({i}, 'sale {i}', 1)" for i in range(first, last + 1))
+    return f"INSERT INTO item (id, name, qty) VALUES {values}"

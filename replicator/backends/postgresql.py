@@ -68,6 +68,16 @@ def _pin_session(dbapi_connection: Any, connection_record: Any) -> None:
     dbapi_connection.commit()  # a SET in a rolled-back transaction is undone
 
 
+def _ping(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection that no longer answers (server restarted, link cut) is replaced
+    before use."""
+    try:
+        dbapi_connection.execute("SELECT 1")
+        dbapi_connection.rollback()
+    except psycopg.Error as exc:
+        raise sa.exc.DisconnectionError(str(exc)) from exc
+
+
 SAFE_BOUND = """
 WITH snap AS (SELECT pg_current_snapshot() AS s),
 elsewhere AS (
@@ -125,7 +135,10 @@ class PostgreSQLBackend(Backend):
         )
         engine = sa.create_engine(
             url,
-            pool_pre_ping=True,
+            # the liveness check is a checkout listener (below), not pool_pre_ping: the
+            # service's stall guard sees a connection from its checkout on, so a check that
+            # waits on a link that says nothing can be cut like any other wait
+            pool_pre_ping=False,
             pool_size=self.pool_size,
             max_overflow=self.pool_size,
             pool_recycle=1800,  # a service runs for months: connections are renewed
@@ -151,6 +164,7 @@ class PostgreSQLBackend(Backend):
             },
         )
         event.listen(engine, "connect", _pin_session)
+        event.listen(engine, "checkout", _ping)
         return engine
 
     def refuse_standby(self, conn: Connection) -> None:

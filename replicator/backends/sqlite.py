@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,17 @@ SQLITE_RANGE = 25
 SQLITE_TRANSIENT = {5, 6, 7, 9, 10, 13, 14, 15}
 
 
+def _file_id(path: str | None) -> tuple[int, int] | None:
+    """The device and inode of a database file (None: no file there)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 class SQLiteBackend(Backend):
     dialect = "sqlite"
     capabilities = Capabilities(max_bind_params=32766, bulk_copy=False, schemas=False)
@@ -52,6 +64,20 @@ class SQLiteBackend(Backend):
             cur.execute(f"PRAGMA busy_timeout = {int(busy)}")
             cur.execute("PRAGMA foreign_keys = ON")
             cur.close()
+
+        path = url.database if url.database and url.database != ":memory:" else None
+
+        @event.listens_for(engine, "connect", insert=True)
+        def _identify(_dbapi_conn: Any, record: Any) -> None:
+            record.info["file"] = _file_id(path)
+
+        @event.listens_for(engine, "checkout")
+        def _same_file(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+            # A register's file restored from a backup (or replaced) while the service runs:
+            # a pooled connection still reads the old file through its open handle. Such a
+            # connection is dropped and a new one opens the file that is there now.
+            if path is not None and record.info.get("file") != _file_id(path):
+                raise sa.exc.DisconnectionError(f"{path} was replaced since it was opened")
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Connection) -> None:
