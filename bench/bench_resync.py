@@ -1,12 +1,16 @@
 """Benchmark: `replicator resync --dry-run` on PostgreSQL <-> PostgreSQL tables of ROWS rows,
-identical and then with 0.1% of rows differing; rows/second and rows transferred, and the
-ratio to `reladiff` (if installed: `pip install reladiff`) on the same tables in the same run.
+identical and then with 0.1% of rows differing (spread evenly); seconds, rows/second, whole
+rows and (key, hash) pairs transferred, peak RSS, and the ratio to `reladiff` on the same
+tables in the same run (`pip install reladiff`; with psycopg2 it needs, it may live in another
+venv: RELADIFF=/path/to/bin/reladiff).
 
     .venv/bin/python bench/bench_resync.py [ROWS]
 """
 
 from __future__ import annotations
 
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -54,20 +58,28 @@ def fill(name: str, rows: int) -> None:
         c.execute("ANALYZE product")
 
 
-def ours(node: Node) -> tuple[float, int, int]:
+def ours(node: Node) -> tuple[float, int, int, int]:
     started = time.perf_counter()
     result = run_resync(node.settings, node.dbs, select_jobs(node.settings, [], None), dry_run=True)
     seconds = time.perf_counter() - started
     t = result.tables[0]
-    return seconds, t.fetched, t.differences
+    return seconds, t.fetched, t.hashes, t.differences
 
 
-def theirs(a: str, b: str) -> float | None:
-    exe = shutil.which("reladiff") or str(Path(sys.executable).parent / "reladiff")
+def rss_mb(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def theirs(a: str, b: str) -> tuple[float, int] | None:
+    exe = (
+        os.environ.get("RELADIFF")
+        or shutil.which("reladiff")
+        or str(Path(sys.executable).parent / "reladiff")
+    )
     if not Path(exe).exists():
         return None
     started = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         [
             exe,
             f"postgresql://postgres@127.0.0.1:5432/{a}",
@@ -87,8 +99,13 @@ def theirs(a: str, b: str) -> float | None:
         ],
         check=False,
         capture_output=True,
+        text=True,
     )
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    if done.returncode not in (0, 1):
+        print(f"reladiff failed: {done.stderr.strip()[-500:]}")
+        return None
+    return seconds, sum(1 for line in done.stdout.splitlines() if line.startswith(("+", "-")))
 
 
 def main() -> None:
@@ -116,13 +133,19 @@ def main() -> None:
                         f"postgresql://postgres@127.0.0.1:5432/{b}", autocommit=True
                     ) as c:
                         c.execute(sql)
-                seconds, fetched, diffs = ours(node)
+                seconds, fetched, hashes, diffs = ours(node)
                 other = theirs(a, b)
-                ratio = f"{other / seconds:.2f}x" if other else "reladiff not installed"
+                if other:
+                    ratio = f"reladiff {other[0]:.2f}s, {other[1]} differing lines: ours "
+                    ratio += f"{other[0] / seconds:.2f}x faster"
+                else:
+                    ratio = "reladiff not installed"
                 print(
                     f"{label}: {rows:,} rows in {seconds:.2f}s = {rows / seconds:,.0f} rows/s, "
-                    f"{fetched:,} rows transferred, {diffs} differences; "
-                    f"reladiff {other and round(other, 2)}s (ours faster by {ratio})"
+                    f"{fetched:,} rows and {hashes:,} (key, hash) pairs transferred, {diffs} "
+                    f"differences, peak RSS {rss_mb(resource.RUSAGE_SELF):.0f} MB "
+                    f"(reladiff {rss_mb(resource.RUSAGE_CHILDREN):.0f} MB); {ratio}",
+                    flush=True,
                 )
             node.close()
     finally:

@@ -14,6 +14,7 @@ from replicator.config import Job, Settings
 from replicator.errors import ReplicatorError
 from replicator.mapping import FromColumn
 from replicator.preflight import cannot_connect
+from replicator.resync_drift import drift_of
 from replicator.sync import Databases, JobRunner
 from replicator.transform import TablePlan
 
@@ -53,12 +54,25 @@ def run_check(settings: Settings, databases: Databases) -> Report:
             continue
         target = databases[job.target]
         with target.engine.connect() as conn, databases[job.source].engine.connect() as sconn:
-            if not target.has_table(conn, target.ct.state.fullname):
+            set_up = target.has_table(conn, target.ct.state.fullname)
+            if not set_up:
                 report.errors.append(
                     f"database {job.target!r}: control tables missing; run `replicator setup`"
                 )
             for index, plan in enumerate(plans):
                 _check_table(report, settings.where(job.group, index), plan, conn, sconn)
+            drift = drift_of(target, conn, job, plans) if set_up else {}
+        if drift is None:
+            report.warnings.append(
+                f"database {job.target!r}: set up by an earlier version (no table "
+                f"{target.ct.mapping_print.fullname}): mapping changes are not detected; run "
+                "`replicator setup` once to add it"
+            )
+        for index, plan in enumerate(plans):
+            if drift and plan.label in drift:
+                report.warnings.append(
+                    f"{settings.where(job.group, index)}: table {plan.label!r}: {drift[plan.label]}"
+                )
         grants.need(settings, databases, job, plans)
         report.checked.append(f"job {job.name}: {len(plans)} tables")
     grants.check(report, databases)

@@ -147,12 +147,14 @@ def run_resync(
                 report = TableReport(job.name, plan.label, error=str(exc))
             result.tables.append(report)
             tlog.info(
-                "resync{}: {} rows compared in {} chunks, {} rows fetched; missing on target {}, "
+                "resync{}: {} rows compared in {} chunks, {} rows and {} row hashes fetched; "
+                "missing on target {}, "
                 "extra on target {}, different {}; repaired {}, deleted {}, held {}{}",
                 " (dry run)" if dry_run else "",
                 report.rows,
                 report.chunks,
                 report.fetched,
+                report.hashes,
                 report.missing,
                 report.extra,
                 report.different,

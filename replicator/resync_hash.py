@@ -13,17 +13,20 @@ column (the mapped row is typed by where it goes):
   uuid: lower-case; text and anything else: the stored text, as stored (no Unicode
   normalisation).
 
-NULL is the field `N`; any other value is `<length>:<text>`, so NULL, the empty string and the
-text `N` all differ. Fields are joined with `|`. A row's hash is the first 64 bits of the MD5
-of its UTF-8 text; a chunk's checksum is its row count and the sum of its row hashes modulo
-2**64 (order-free, so each side may read its rows in any order).
+NULL is the field `N`; a text (or bytes, or any other kind) is `<length>:<text>`, so NULL, the
+empty string and the text `N` all differ; numbers, timestamps, dates, times, booleans and
+uuids, whose texts never hold `|`, go as they are. Fields are joined with `|`. A row's hash
+is the first 64 bits of the MD5 of its UTF-8 text; a chunk's checksum is its row count and
+the sum of its row hashes modulo 2**64 (order-free, so each side may read its rows in any
+order).
 
-PostgreSQL computes the text in SQL (`postgresql_sum`); SQLite gets a registered aggregate
-(`sqlite_sum`) that runs `field_text` on the values as stored. Fetched rows are compared
+PostgreSQL computes the text in SQL, each field once in a subquery (`postgresql_fields`,
+`postgresql_row_hash`); SQLite gets a registered aggregate and a row function (`sqlite_sum`,
+`sqlite_row_hash`) that run `field_text` on the values as stored. Fetched rows are compared
 with the same `field_text` in Python. Where the two forms disagree for some exotic value (a
-float whose PostgreSQL numeric form has fewer digits than Python's repr), the chunk is only
-reported as different at the checksum level: its rows are then fetched and compared in
-Python, so the cost is a download, never a wrong answer.
+float whose PostgreSQL numeric form has fewer digits than Python's repr), the row is only
+reported as different at the hash level: it is then fetched and compared in Python, so the
+cost is a download, never a wrong answer.
 """
 
 from __future__ import annotations
@@ -133,8 +136,24 @@ def field_text(spec: FieldSpec, value: Any, side_zone: str | None) -> str | None
     return str(value)
 
 
-def row_text(fields: Sequence[str | None]) -> str:
-    return "|".join("N" if f is None else f"{len(f)}:{f}" for f in fields)
+# kinds whose canonical text never holds `|` and is never `N` nor starts with `~`: their
+# fields go without a length (cheaper to build in SQL); a value of such a column that does not
+# parse as its type (only SQLite can hold one) is written `~<length>:<text>` instead
+PLAIN: frozenset[str] = frozenset({"int", "dec", "datetime", "date", "time", "bool", "uuid"})
+
+
+def _piece(spec: FieldSpec, f: str | None) -> str:
+    if f is None:
+        return "N"
+    if spec.kind in PLAIN:
+        if "|" in f or f == "N" or f.startswith("~"):
+            return f"~{len(f)}:{f}"
+        return f
+    return f"{len(f)}:{f}"
+
+
+def row_text(specs: Sequence[FieldSpec], fields: Sequence[str | None]) -> str:
+    return "|".join(_piece(s, f) for s, f in zip(specs, fields, strict=True))
 
 
 def row_hash(text: str) -> int:
@@ -151,6 +170,12 @@ def canonical_row(
 # --- PostgreSQL: the same text in SQL ----------------------------------------------------------
 def _pg_field(spec: FieldSpec, expr: sa.ColumnElement[Any], side_zone: str | None) -> Any:
     kind, etype = spec.kind, expr.type
+    if (
+        kind in ("int", "dec")
+        and isinstance(etype, sa.Integer)
+        and not isinstance(etype, sa.Boolean)
+    ):
+        return sa.cast(expr, sa.Text)  # an integer's text is already canonical
     if kind in ("int", "dec"):
         number: Any = sa.cast(expr, sa.Numeric)
         if spec.scale is not None:
@@ -179,25 +204,33 @@ def _pg_field(spec: FieldSpec, expr: sa.ColumnElement[Any], side_zone: str | Non
     return sa.cast(expr, sa.Text)
 
 
-def postgresql_sum(
+def postgresql_fields(
     specs: Sequence[FieldSpec], exprs: Sequence[sa.ColumnElement[Any]], side_zone: str | None
-) -> sa.ColumnElement[Any]:
-    """sum(row hash) of the rows selected, as PostgreSQL numeric (no overflow)."""
-    parts: list[Any] = []
-    for n, (spec, expr) in enumerate(zip(specs, exprs, strict=True)):
+) -> list[sa.ColumnElement[Any]]:
+    """Each column's canonical text, to select once in a subquery (`postgresql_row_hash`
+    then reads each of them twice without computing it again)."""
+    out = []
+    for spec, expr in zip(specs, exprs, strict=True):
         inner = expr.element if isinstance(expr, sa.Label) else expr
-        text = _pg_field(spec, inner, side_zone)
-        piece = sa.case(
-            (text.is_(None), sa.literal("N")),
-            else_=sa.cast(sa.func.length(text), sa.Text) + sa.literal(":") + text,
-        )
+        out.append(_pg_field(spec, inner, side_zone))
+    return out
+
+
+def postgresql_row_hash(
+    specs: Sequence[FieldSpec], fields: Sequence[sa.ColumnElement[Any]]
+) -> sa.ColumnElement[Any]:
+    """The signed 64-bit row hash of field texts (columns of a subquery)."""
+    parts: list[Any] = []
+    for n, (spec, text) in enumerate(zip(specs, fields, strict=True)):
         if n:
             parts.append(sa.literal("|"))
-        parts.append(piece)
-    joined = sa.func.concat(*parts)
-    hex64 = sa.literal("x") + sa.func.substr(sa.func.md5(joined), 1, 16)
-    signed = sa.cast(sa.cast(hex64, BIT(64)), sa.BigInteger)
-    return sa.func.sum(sa.cast(signed, sa.Numeric))
+        if spec.kind in PLAIN:  # PostgreSQL's texts of these always parse
+            parts.append(sa.func.coalesce(text, sa.literal("N")))
+            continue
+        length = sa.cast(sa.func.length(text), sa.Text)
+        parts.append(sa.func.coalesce(length + sa.literal(":") + text, sa.literal("N")))
+    hex64 = sa.literal("x") + sa.func.substr(sa.func.md5(sa.func.concat(*parts)), 1, 16)
+    return sa.cast(sa.cast(hex64, BIT(64)), sa.BigInteger)
 
 
 # --- SQLite: a registered aggregate -------------------------------------------------------------
@@ -209,10 +242,33 @@ class _Sum:
         self.total = 0
 
     def step(self, *values: Any) -> None:
-        self.total += row_hash(row_text(canonical_row(self.specs, values, self.zone)))
+        self.total += row_hash(row_text(self.specs, canonical_row(self.specs, values, self.zone)))
 
     def finalize(self) -> str:  # as text: SQLite integers are 64-bit signed
         return str(self.total & MASK)
+
+
+def _signed_hash(specs: Sequence[FieldSpec], zone: str | None) -> Any:
+    def fn(*values: Any) -> int:
+        h = row_hash(row_text(specs, canonical_row(specs, values, zone)))
+        return h - (1 << 64) if h >= 1 << 63 else h
+
+    return fn
+
+
+def sqlite_row_hash(
+    conn: Any,
+    name: str,
+    specs: Sequence[FieldSpec],
+    exprs: Sequence[sa.ColumnElement[Any]],
+    side_zone: str | None,
+) -> sa.ColumnElement[Any]:
+    """Register the scalar function `name` (a row's signed 64-bit hash); its call."""
+    raw = conn.connection.driver_connection
+    raw.create_function(name, len(specs), _signed_hash(list(specs), side_zone), deterministic=True)
+    inner = [e.element if isinstance(e, sa.Label) else e for e in exprs]
+    call: sa.ColumnElement[Any] = getattr(sa.func, name)(*inner)
+    return call
 
 
 def sqlite_sum(

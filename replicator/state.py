@@ -4,7 +4,8 @@ the DDL a DBA reviews and `setup` installs the same thing.
 Target side: `state` (per job and table: the row and tombstone positions, counters, last error),
 `job` (per job: the source's incarnation, the acknowledged sequence, the last run and error),
 `quarantine` (rows held back, with their state), `dismissal` (held rows an operator dismissed,
-with who and why) and `fence` (target keys written by an earlier incarnation of the source).
+with who and why), `fence` (target keys written by an earlier incarnation of the source) and
+`mapping_print` (per job and table: the fingerprint of the mapping its rows were written by).
 Source side: `tombstone` (deleted keys), `incarnation` (this database's identity) and `ack`
 (what each job reading this database has applied).
 """
@@ -34,6 +35,7 @@ class ControlTables:
     ack: sa.Table
     lease: sa.Table
     dismissal: sa.Table
+    mapping_print: sa.Table
 
 
 def control_tables(schema: str | None, prefix: str) -> ControlTables:
@@ -171,8 +173,34 @@ def control_tables(schema: str | None, prefix: str) -> ControlTables:
         comment="held rows an operator dismissed (`replicator errors dismiss`), for the record "
         "and the closing report",
     )
+    mapping_print = sa.Table(
+        f"{prefix}mapping_print",
+        md,
+        sa.Column("job", sa.String(200), primary_key=True),
+        sa.Column("table_name", sa.String(200), primary_key=True),
+        sa.Column("fingerprint", sa.String(64), nullable=False),
+        sa.Column(
+            "columns",
+            sa.Text,
+            nullable=False,
+            comment="JSON object: target column -> its transform (source column, constant, map)",
+        ),
+        sa.Column("since", when, nullable=False),
+        comment="the mapping the replicated rows of each job's table were written by; kept "
+        "when the mapping changes until `replicator resync` of the table completes",
+    )
     return ControlTables(
-        md, state, job, quarantine, fence, tombstone, incarnation, ack, lease, dismissal
+        md,
+        state,
+        job,
+        quarantine,
+        fence,
+        tombstone,
+        incarnation,
+        ack,
+        lease,
+        dismissal,
+        mapping_print,
     )
 
 
@@ -249,6 +277,42 @@ def reset_positions(conn: Connection, ct: ControlTables, job: str) -> None:
         .where(ct.state.c.job == job)
         .values(version=0, row_key=None, tomb_version=0, tomb_id=0)
     )
+
+
+# --- mapping fingerprints ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class MappingPrint:
+    """A table's mapping as it shapes the target rows: per target column, its transform."""
+
+    fingerprint: str
+    columns: dict[str, str]
+    since: datetime | None = None
+
+
+def read_prints(conn: Connection, ct: ControlTables, job: str) -> dict[str, MappingPrint]:
+    m = ct.mapping_print.c
+    stmt = sa.select(m.table_name, m.fingerprint, m.columns, m.since).where(m.job == job)
+    return {
+        name: MappingPrint(fingerprint, json.loads(columns or "{}"), since)
+        for name, fingerprint, columns, since in conn.execute(stmt)
+    }
+
+
+def write_print(
+    conn: Connection, ct: ControlTables, job: str, table: str, mapping: MappingPrint
+) -> None:
+    """Record the mapping a table's target rows now follow (upsert)."""
+    m = ct.mapping_print.c
+    values = {
+        "fingerprint": mapping.fingerprint,
+        "columns": json.dumps(mapping.columns, sort_keys=True),
+        "since": now(),
+    }
+    done = conn.execute(
+        sa.update(ct.mapping_print).where(m.job == job, m.table_name == table).values(**values)
+    )
+    if done.rowcount == 0:
+        conn.execute(sa.insert(ct.mapping_print).values(job=job, table_name=table, **values))
 
 
 # --- jobs -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from sqlalchemy import exc as sa_exc
 from replicator.config import Settings
 from replicator.position import Position
 from replicator.quarantine import CONFLICT, REFUSED, WAITING, Quarantine
+from replicator.resync_drift import drift_of
 from replicator.state import read_positions
 from replicator.sync import Databases, JobRunner
 
@@ -73,6 +74,7 @@ def collect(
                 positions = read_positions(conn, ct, job.name)
                 held = Quarantine(ct, job.name).counts(conn)
                 job_row = conn.execute(sa.select(ct.job).where(j.job == job.name)).first()
+                drift = drift_of(target, conn, job, runner.plans()) or {}
             pending, warning = _pending(runner, positions)
         except (sa_exc.SQLAlchemyError, Exception) as exc:  # status reports, never crashes
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
@@ -98,7 +100,7 @@ def collect(
                     quarantined=sum(counts.get(s, 0) for s in (WAITING, REFUSED, CONFLICT)),
                     error=table_error or job_error,
                     held=counts,
-                    warning=warning,
+                    warning="; ".join(w for w in (warning, drift.get(label)) if w) or None,
                     register=register,
                 )
             )

@@ -43,8 +43,10 @@ from replicator.mapping import MappingFile
 from replicator.position import Position, SourcePosition
 from replicator.quarantine import RETRY_PAGE, Budget, TableStopped
 from replicator.read import Reader, Tomb
+from replicator.resync_drift import drift_message, stored_prints, table_print
 from replicator.state import (
     JobState,
+    MappingPrint,
     TableState,
     now,
     read_job,
@@ -53,6 +55,7 @@ from replicator.state import (
     reset_positions,
     save_position,
     write_job,
+    write_print,
 )
 from replicator.transform import TablePlan, build_plan
 
@@ -168,6 +171,10 @@ class JobRunner:
         self.heartbeat: Any = None
         self.report = True  # log the run's outcome (the service logs its own summary)
         self.reverse = self._reverse_jobs(settings)
+        # mapping fingerprints stored on the target, read once per run (None: not set up)
+        self.prints: dict[str, MappingPrint] | None = None
+        self.current_prints: dict[str, MappingPrint] = {}  # the mapping as loaded now
+        self._drift_warned: set[str] = set()
 
     def _reverse_jobs(self, settings: Settings) -> dict[str, tuple[str, str, str]]:
         """Two-way tables: per table label, the job that copies the same rows the other way
@@ -238,7 +245,7 @@ class JobRunner:
         result = JobResult(self.job, {m.label: TableResult() for m in self.group.tables})
         started = time.perf_counter()
         try:
-            self.plans()
+            self._drift()
             while max_batches is None or result.batches < max_batches:
                 if self.stopping():
                     result.stopped = True
@@ -274,6 +281,24 @@ class JobRunner:
 
     def stopping(self) -> bool:
         return self.stop is not None and self.stop.is_set()
+
+    def _drift(self) -> None:
+        """Read the stored mapping fingerprints (once per run); warn of tables whose
+        replicated rows follow an older mapping."""
+        plans = self.plans()
+        self.current_prints = {p.label: table_print(p) for p in plans}
+        try:
+            with self.target.engine.connect() as conn:
+                self.prints = stored_prints(self.target, conn, self.job.name)
+        except sa_exc.SQLAlchemyError:
+            self.prints = None  # the batch reports what is wrong with the target
+        stored = self.prints or {}
+        for plan in plans:
+            message = drift_message(self.job, plan, stored.get(plan.label))
+            if message and message not in self._drift_warned:
+                # once per runner: the service keeps its runners, `status` and `check` repeat it
+                self._drift_warned.add(message)
+                self.log.bind(table=plan.label).warning("{}", message)
 
     def beat(self) -> None:
         if self.heartbeat is not None:
@@ -847,6 +872,7 @@ class _Writer:
                 state.last_error,
             )
             positions[label] = state
+            self._fingerprint(conn, tr.plan)
         old = self.ts.job
         job = JobState(
             self.pos.incarnation or "",
@@ -891,6 +917,25 @@ class _Writer:
             factor = min(1.5, max(0.25, hold * 0.8 / max(held, 1e-3)))
             r.chunk_rows = min(r.batch_rows, max(50, int(r.chunk_rows * factor)))
             time.sleep(r.target.pause_after(held))
+
+    def _fingerprint(self, conn: Connection, plan: TablePlan) -> None:
+        """Record the table's mapping fingerprint with its positions when none is stored, or
+        when the stored one differs and no rows of the table were replicated before this
+        batch (or the change does not affect them). A drifted table keeps its old one, so
+        the warning stays until `replicator resync` of it completes."""
+        prints = self.r.prints
+        if prints is None:
+            return
+        stored = prints.get(plan.label)
+        current = self.r.current_prints.get(plan.label) or table_print(plan)
+        if stored is not None and stored.fingerprint == current.fingerprint:
+            return
+        start = self._start.get(plan.label)
+        replicated = start is not None and bool(start.rows.version or start.tombs.version)
+        if stored is not None and replicated and drift_message(self.r.job, plan, stored):
+            return
+        write_print(conn, self.r.target.ct, self.r.job.name, plan.label, current)
+        prints[plan.label] = current
 
     def abort(self) -> None:
         if self._stack is not None:

@@ -277,9 +277,14 @@ def test_resync_while_the_source_changes_converges_after_one_sync(
 
 
 # --- a column added to a mapping after data replicated ---------------------------------------
-def test_a_column_added_to_the_mapping_is_filled_by_resync(
+def test_a_column_added_to_the_mapping_is_found_and_filled_by_resync(
     pg_database: Callable[[], str], sqlite_database: Callable[[], str], tmp_path: Path
 ) -> None:
+    from loguru import logger
+
+    from replicator.check import run_check
+    from replicator.status import collect
+
     server, register = pg_database(), sqlite_database()
     execute(server, PRODUCT.format(ts="timestamptz"))
     execute(register, PRODUCT.format(ts="datetime"))
@@ -295,10 +300,44 @@ def test_a_column_added_to_the_mapping_is_filled_by_resync(
     assert rows(register, "product", ["name"], "product_id = 1") == [(None,)]
     node.close()
     node = Node(write_node(tmp_path, server, register, {"produtos": PRODUCTS}))
-    assert node.sync("produtos")[0].rows == 0  # incremental sync moves nothing
+    hint = "replicator resync produtos.product --register caixa"
+
+    def drift_warnings() -> list[str]:
+        return [w for w in run_check(node.settings, node.dbs).warnings if "mapping changed" in w]
+
+    def status_warning() -> str | None:
+        (row,) = collect(node.settings, node.dbs, ["produtos"])
+        return row.warning
+
+    def synced() -> list[str]:
+        seen: list[str] = []
+        sink = logger.add(lambda m: seen.append(str(m)), level="WARNING")
+        try:
+            assert node.sync("produtos")[0].rows == 0  # incremental sync moves nothing
+            execute(server, "UPDATE product SET price = 7 WHERE product_id = 2")
+            assert node.sync("produtos")[0].rows == 1  # a commit keeps the old fingerprint
+        finally:
+            logger.remove(sink)
+        return [m for m in seen if "mapping changed" in m]
+
+    (warning,) = drift_warnings()
+    assert "column name added" in warning and hint in warning
+    assert "column name added" in (status_warning() or "")
+    logged = synced()
+    assert len(logged) == 2 and hint in logged[0]  # once per run
+    assert len(drift_warnings()) == 1  # still there: the rows lack the column
     fixed = _resync(node, "produtos.product", dry_run=False, chunk_rows=500, leaf_rows=100)
-    assert (fixed.tables[0].different, fixed.tables[0].repaired) == (2000, 2000)
+    # every row but the one the sync just sent with the current mapping
+    assert (fixed.tables[0].different, fixed.tables[0].repaired) == (1999, 1999)
     assert rows(register, "product", ["name"], "product_id = 1") == [("p1",)]
+    assert drift_warnings() == [] and status_warning() is None and synced() == []
+    # a register set up before the fingerprint table existed: no drift check, no failure
+    execute(register, "DROP TABLE replicator_mapping_print")
+    node.close()
+    node = Node(write_node(tmp_path, server, register, {"produtos": PRODUCTS}))
+    assert node.sync("produtos")[0].error is None
+    report = run_check(node.settings, node.dbs)
+    assert report.ok and any("run `replicator setup` once" in w for w in report.warnings)
     node.close()
 
 
