@@ -16,6 +16,7 @@ from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 
 from replicator import __version__
+from replicator.closing import closing_command
 from replicator.config import Settings, load_settings
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.errors_cli import errors_group
@@ -571,6 +572,7 @@ cli.add_command(service_cli)
 cli.add_command(errors_group)
 cli.add_command(resync_command)
 cli.add_command(init_command)
+cli.add_command(closing_command)
 
 
 def main() -> None:

@@ -87,8 +87,130 @@ class NewerWins(Strict):
 
 
 class Closing(Strict):
-    date: str = Field(description="source date or timestamp column the closing report groups by")
-    sums: list[str] = Field(default_factory=list, description="amount columns summed per day")
+    """What the closing report (`replicator closing`) compares for a table: rows of one
+    business day counted and summed on both sides (`date`), and the age of changes still
+    waiting to be sent (`changed`). See docs/closing.md."""
+
+    title: str | dict[str, str] | None = Field(
+        default=None,
+        description='the name staff read, e.g. "Vendas", or one per language: '
+        "{en: Sales, pt-BR: Vendas}; default: the table name",
+    )
+    date: str | None = Field(
+        default=None,
+        description="source date or timestamp column whose local day places a row on a "
+        "business day (of the `via` table when set)",
+    )
+    via: str | None = Field(
+        default=None,
+        description="a table of this group declared above whose `date` is this table's "
+        "(payments take the day of their sale), joined on that table's key columns",
+    )
+    sums: list[str] = Field(
+        default_factory=list, description="amount columns summed per day, exactly"
+    )
+    by: str | None = Field(
+        default=None,
+        description="column whose values get their own count and sums, e.g. the payment type",
+    )
+    where: dict[str, Scalar | list[Scalar]] = Field(
+        default_factory=dict,
+        description="only these rows are counted and summed (e.g. status: C, not cancelled "
+        "sales); source columns of the table that holds `date`",
+    )
+    changed: str | None = Field(
+        default=None,
+        description="source column holding when a row last changed (e.g. updated_at): the "
+        "report gives the age of the changes still waiting to be sent",
+    )
+    show: list[str] = Field(
+        default_factory=list,
+        description="source columns listed beside the key for rows that are missing, "
+        "different or waiting (e.g. price)",
+    )
+
+    labels: dict[str, str | dict[str, str]] = Field(
+        default_factory=dict,
+        description="names staff read for the columns of sums, by and show, e.g. "
+        "{amount: {en: Amount, pt-BR: Valor}}; default: the column names",
+    )
+
+    @field_validator("sums", "show")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        seen = [i for i, v in enumerate(value) if v in value[:i]]
+        if seen:
+            raise LocatedError((seen[0],), f"{value[seen[0]]!r} is listed twice; remove one")
+        return value
+
+    @field_validator("title")
+    @classmethod
+    def _languages(cls, value: str | dict[str, str] | None) -> str | dict[str, str] | None:
+        _known_languages(value, ())
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _label_languages(
+        cls, value: dict[str, str | dict[str, str]]
+    ) -> dict[str, str | dict[str, str]]:
+        for column, text in value.items():
+            _known_languages(text, (column,))
+        return value
+
+    @model_validator(mode="after")
+    def _date_keys(self) -> Closing:
+        if self.date is None:
+            for key in ("sums", "by", "via", "where"):
+                if getattr(self, key):
+                    raise LocatedError(
+                        (key,), f"{key} is only used with date; add date: COLUMN or remove {key}"
+                    )
+        if self.by is not None and self.by in self.sums:
+            raise LocatedError(
+                ("by",), f"{self.by!r} is both in sums and by; a column is summed or grouped by"
+            )
+        named = [*self.sums, *([self.by] if self.by else []), *self.show]
+        for column in self.labels:
+            if column not in named:
+                raise LocatedError(
+                    ("labels", column),
+                    f"labels: {column!r} is not in sums, by or show; label one of "
+                    + (", ".join(named) or "them (there are none)"),
+                )
+        return self
+
+    def title_in(self, lang: str) -> str | None:
+        """The title for a language tag ("en", "pt-BR"), else the first one given."""
+        return _in_language(self.title, lang)
+
+    def label_in(self, column: str, lang: str) -> str:
+        """What staff read for a column, in a language; else the column's name."""
+        return _in_language(self.labels.get(column), lang) or column
+
+
+def _in_language(text: str | dict[str, str] | None, lang: str) -> str | None:
+    if text is None or isinstance(text, str):
+        return text
+    from replicator.i18n import normalize
+
+    for key, value in text.items():
+        if normalize(key) == lang:
+            return value
+    return next(iter(text.values()), None)
+
+
+def _known_languages(text: str | dict[str, str] | None, at: Loc) -> None:
+    if not isinstance(text, dict):
+        return
+    from replicator.i18n import LANGUAGES, normalize
+
+    for lang in text:
+        if normalize(lang) is None:
+            raise LocatedError(
+                (*at, lang),
+                f"{lang!r} is not a language of the replicator; use " + " or ".join(LANGUAGES),
+            )
 
 
 class TableMapping(Strict):
@@ -257,6 +379,25 @@ class MappingFile(Strict):
                         f"above {table.label!r}",
                         see=("tables", first[dep]),
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _closing_via(self) -> MappingFile:
+        """`closing.via` names a table declared above, which has a closing `date`."""
+        labels = [t.label for t in self.tables]
+        for index, table in enumerate(self.tables):
+            via = table.closing.via if table.closing else None
+            if via is None:
+                continue
+            at: Loc = ("tables", index, "closing", "via")
+            if via not in labels[:index]:
+                close = difflib.get_close_matches(via, labels, n=1)
+                fix = f"did you mean {close[0]!r}? " if close else ""
+                raise LocatedError(
+                    at,
+                    f"closing.via: {via!r} is not a table declared above {table.label!r}; "
+                    f"{fix}tables above it: {', '.join(labels[:index]) or 'none'}",
+                )
         return self
 
     def table(self, name: str) -> TableMapping:

@@ -286,8 +286,16 @@ def mapping_problems(mapping: MappingFile) -> list[str]:
             need(src_md, src, [tm.conflict.newer_wins], "newer_wins")
             need(tgt_md, tgt, [tm.conflict.newer_wins], "newer_wins")
         if tm.closing is not None:
+            c = tm.closing
+            own = [*c.sums, *([c.by] if c.by else []), *c.show]
             for md, table in ((src_md, src), (tgt_md, tgt)):
-                need(md, table, [tm.closing.date, *tm.closing.sums], "closing")
+                need(md, table, own, "closing")
+            if c.changed:
+                need(src_md, src, [c.changed], "closing changed")
+            if c.date:  # on this table, or on the one it takes its day from (`via`)
+                dated = tm if c.via is None else mapping.table(c.via)
+                need(src_md, dated.source, [c.date, *c.where], "closing date")
+                need(tgt_md, dated.target_table, [c.date], "closing date")
 
         # what a row written to the target will carry, and what the target cannot do without
         copied = copied_columns(tm, src_md.tables[src].columns.keys())

@@ -13,9 +13,12 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
+from replicator.closing import collect as closing_report
+from replicator.closing_report import print_report
 from replicator.config import load_settings
 from replicator.demo import store
 from replicator.errors import ConfigError
+from replicator.i18n import set_language
 from replicator.status import collect, status_table
 from replicator.sync import Databases, JobResult, run_jobs
 from replicator.tracking import install
@@ -28,6 +31,7 @@ mappings = "mappings"
 [node]
 name = "demo-store-1"
 store_id = 1
+timezone = "America/Sao_Paulo"  # the registers' clocks (their SQLite timestamps)
 
 [log]
 level = "WARNING"
@@ -147,11 +151,17 @@ def run_demo(directory: Path | None, registers: int, out: Console, force: bool =
         failed = [r for r in cadastros + movimento + again if r.error]
         for r in failed:
             out.print(f"[red]{r.job.name}: {r.error}[/]")
+        out.print()
+        set_language(settings.config.node.lang)
+        print_report(out, closing_report(settings, dbs, store.DEFAULT_START.date()))
     finally:
         dbs.close()
     exe = _command()
+    day = store.DEFAULT_START.date().isoformat()
     out.print(
-        f"\nTry it yourself: cd {where} && {exe} status && {exe} sync movimento", markup=False
+        f"\nTry it yourself: cd {where} && {exe} status && {exe} sync movimento && "
+        f"{exe} closing --date {day}",
+        markup=False,
     )
     if failed:
         raise failed[0].error  # type: ignore[misc]
