@@ -455,16 +455,16 @@ class Service:
         self.started = _now()
         self.log_problem: Callable[[], str | None] = lambda: None
         self._queue: queue.Queue[str | None] = queue.Queue()
-        self._done: queue.Queue[tuple[str, float]] = queue.Queue()
+        self._done: queue.Queue[tuple[str, datetime]] = queue.Queue()
         self._pending: set[str] = set()  # queued or running
         self._runners: dict[str, JobRunner] = {}
+        self._born: dict[str, float] = {}  # when each runner reflected its tables
         self._watched: set[int] = set()
         self._scheduler = schedule.Scheduler()
         self._entries: dict[str, schedule.Job] = {}
         self._threads: list[threading.Thread] = []
         self._state_written = 0.0
         self._dirty = True
-        self._refreshed = time.monotonic()
         self._rng = random.Random()
         self._stopped = False
         self._state_problem: str | None = None
@@ -503,8 +503,6 @@ class Service:
             if self.leases and time.monotonic() >= renew_at:
                 self.leases.renew()
                 renew_at = time.monotonic() + LEASE_SECONDS / 3
-            if time.monotonic() - self._refreshed > REFRESH_SECONDS and not self._pending:
-                self._refresh()
             self._write_state()
             if self.on_tick is not None:
                 self.on_tick(self)
@@ -539,21 +537,14 @@ class Service:
         """Apply finished runs to the schedule (the loop's thread owns the scheduler)."""
         while True:
             try:
-                name, delay = self._done.get_nowait()
+                name, when = self._done.get_nowait()  # local time, fixed when the run ended
             except queue.Empty:
                 return
             self._pending.discard(name)
-            when = datetime.now() + timedelta(seconds=delay)
             self._entries[name].next_run = when
-            self.health[name].next_run = _now() + timedelta(seconds=delay)
+            self.health[name].next_run = when.astimezone(UTC)
             self._dirty = True
 
-    def _refresh(self) -> None:
-        """Reflect tables again and start from fresh runners (a schema may have changed)."""
-        self._runners.clear()
-        for backend in self.databases.opened():
-            backend.forget_tables()
-        self._refreshed = time.monotonic()
 
     # --- the workers ----------------------------------------------------------------------
     def _work(self) -> None:
@@ -567,11 +558,19 @@ class Service:
             except Exception:  # never lose a worker
                 logger.bind(job=name).exception("unexpected error in the service loop")
             finally:
-                self._done.put((name, delay))
+                self._done.put((name, datetime.now() + timedelta(seconds=delay)))
 
     def _runner(self, job: Job) -> JobRunner:
         runner = self._runners.get(job.name)
+        if runner is not None and time.monotonic() - self._born[job.name] > REFRESH_SECONDS:
+            # reflect this job's tables again now and then (a schema may have changed), one
+            # job at a time, so a service that is never idle refreshes too
+            group = self.settings.groups[job.group]
+            runner.source.forget_tables([m.source for m in group.tables])
+            runner.target.forget_tables([m.target_table for m in group.tables])
+            runner = None
         if runner is None:
+            self._born[job.name] = time.monotonic()
             runner = JobRunner(self.settings, self.databases, job)
             for backend in (runner.source, runner.target):
                 if id(backend.engine) not in self._watched:

@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -135,8 +135,12 @@ class Backend:
         schema, _, bare = name.rpartition(".")
         return sa.inspect(conn).has_table(bare, schema=schema or None)
 
-    def forget_tables(self) -> None:
-        self._tables.clear()
+    def forget_tables(self, names: Iterable[str] | None = None) -> None:
+        """Reflect these tables (all: None) again at their next use."""
+        if names is None:
+            self._tables.clear()
+        for name in names or ():
+            self._tables.pop(name, None)
 
     # --- transactions --------------------------------------------------------------------
     @contextmanager
