@@ -1003,6 +1003,10 @@ def run_jobs(
     """Run each job once; a failing job is reported and the others still run."""
     own = databases is None
     dbs = databases or Databases(settings)
+    # A server's config with many registers keeps no idle connection to each register
+    # between its jobs (on one PostgreSQL cluster they would exhaust max_connections).
+    registers = {job.target if job.source == job.server else job.source for job in jobs}
+    many = len(registers) > 4
     try:
         out = []
         for job in jobs:
@@ -1015,6 +1019,10 @@ def run_jobs(
                 logger.bind(job=job.name).exception("unexpected error")
                 err = ReplicatorError(f"unexpected {type(exc).__name__}: {exc}")
                 out.append(JobResult(job, error=err))
+            finally:
+                if many:
+                    for name in {job.source, job.target} - {job.server}:
+                        dbs[name].engine.dispose()  # idle connections only
         return out
     finally:
         if own:

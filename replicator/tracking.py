@@ -85,6 +85,10 @@ def install(
             log.info("tracking installed on {} tables of {}", len(plan.tables), backend.display_url)
         except sa_exc.SQLAlchemyError as exc:
             raise backend.classify(exc) from exc
+        finally:
+            # a server's config lists many registers: keep no idle connection to each one
+            # (on one PostgreSQL cluster they would exhaust max_connections)
+            backend.engine.dispose()
 
 
 def printable(statements: list[str]) -> str:
