@@ -16,7 +16,7 @@ what its number is; ratios are against a baseline measured in the same run.
   when the replicator inserts the row (a few ms before its batch commits). Latency per sale =
   arrived_at - commit time (one machine, one clock). Ends by comparing ids and values of the
   register, the writer's list and the server: every sale exactly once, or exit 1.
-- outage: the same, with the server behind a TCP proxy (tests/proxy.py, copied) that is cut
+- outage: the same, with the server behind a TCP proxy (tests/proxy.py) that is cut
   for 60 s and restored, with the retry settings at their defaults (retry_after 5s,
   max_backoff 5m) and with max_backoff = "10s". Reports the time from the restore until every
   sale committed before it is on the server, and until the lag is back under the goal for good.
@@ -61,7 +61,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 
@@ -225,72 +224,9 @@ class ConnectionWatch:
                 self.peak_all = max(self.peak_all, every)
 
 
-# --- the TCP proxy (a copy of tests/proxy.py) -----------------------------------------------------
-class Proxy:
-    """Forwards 127.0.0.1:<port> to a server; `cut()` drops every connection and refuses new
-    ones until `restore()`."""
-
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
-        self.target = (target_host, target_port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.up = True
-        self.links: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.up:
-                client.close()
-                continue
-            try:
-                server = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.links += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        self.up = False
-        with self.lock:
-            for s in self.links:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            self.links.clear()
-
-    def restore(self) -> None:
-        self.up = True
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-    def __enter__(self) -> Proxy:
-        return self
-
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.close()
+# --- the TCP proxy: the tests' own (tests/proxy.py), not a copy ---------------------------
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from proxy import Proxy  # noqa: E402
 
 
 # --- the service process --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -27,6 +28,9 @@ from replicator.config import Job
 from replicator.mapping import Const, FromColumn
 from replicator.state import MappingPrint, read_prints, write_print
 from replicator.transform import TablePlan
+
+# Backends whose database has the mapping_print table (checked once, not at every run).
+_HAS_PRINTS: weakref.WeakSet[Backend] = weakref.WeakSet()
 
 
 def _transform(plan: TablePlan, column: str) -> str:
@@ -95,8 +99,10 @@ def drift_message(job: Job, plan: TablePlan, stored: MappingPrint | None) -> str
 def stored_prints(backend: Backend, conn: Connection, job: str) -> dict[str, MappingPrint] | None:
     """The job's recorded fingerprints; None when the target was set up before the table
     existed (no drift check until `replicator setup` runs once more)."""
-    if not backend.has_table(conn, backend.ct.mapping_print.fullname):
-        return None
+    if backend not in _HAS_PRINTS:
+        if not backend.has_table(conn, backend.ct.mapping_print.fullname):
+            return None  # asked again next run: `setup` may add it meanwhile
+        _HAS_PRINTS.add(backend)  # a database does not lose its control tables
     return read_prints(conn, backend.ct, job)
 
 

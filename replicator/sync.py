@@ -175,6 +175,7 @@ class JobRunner:
         self.prints: dict[str, MappingPrint] | None = None
         self.current_prints: dict[str, MappingPrint] = {}  # the mapping as loaded now
         self._drift_warned: set[str] = set()
+        self._prints_due = False  # read the stored fingerprints with the next target state
 
     def _reverse_jobs(self, settings: Settings) -> dict[str, tuple[str, str, str]]:
         """Two-way tables: per table label, the job that copies the same rows the other way
@@ -283,17 +284,18 @@ class JobRunner:
         return self.stop is not None and self.stop.is_set()
 
     def _drift(self) -> None:
-        """Read the stored mapping fingerprints (once per run); warn of tables whose
-        replicated rows follow an older mapping."""
-        plans = self.plans()
-        self.current_prints = {p.label: table_print(p) for p in plans}
-        try:
-            with self.target.engine.connect() as conn:
-                self.prints = stored_prints(self.target, conn, self.job.name)
-        except sa_exc.SQLAlchemyError:
-            self.prints = None  # the batch reports what is wrong with the target
+        """The mapping's fingerprints as loaded now; the stored ones are read with the
+        target state of the run's first batch (same connection, no extra round trip)."""
+        self.current_prints = {p.label: table_print(p) for p in self.plans()}
+        self._prints_due = True
+
+    def _read_prints(self, conn: Connection) -> None:
+        """Read the stored fingerprints (once per run); warn, once per runner, of tables
+        whose replicated rows follow an older mapping."""
+        self._prints_due = False
+        self.prints = stored_prints(self.target, conn, self.job.name)
         stored = self.prints or {}
-        for plan in plans:
+        for plan in self.plans():
             message = drift_message(self.job, plan, stored.get(plan.label))
             if message and message not in self._drift_warned:
                 # once per runner: the service keeps its runners, `status` and `check` repeat it
@@ -522,6 +524,8 @@ class JobRunner:
                         sa.select(f.table_name).where(f.job == self.job.name).distinct()
                     ).scalars()
                 )
+                if self._prints_due:
+                    self._read_prints(conn)
         except sa_exc.SQLAlchemyError as exc:
             if isinstance(exc, sa_exc.ProgrammingError | sa_exc.OperationalError):
                 self._control_tables_present()
