@@ -29,6 +29,10 @@ from replicator.values import UTC_NAME, check_timezone, local_timezone
 Var = str | int
 
 
+# Database kinds (SQLAlchemy backend names) that `replicator.backends.open_backend` opens.
+SUPPORTED_KINDS = {"postgresql", "sqlite", "mariadb", "mysql", "firebird", "mssql"}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,14 +113,18 @@ class DatabaseConfig(Strict):
                 "sqlite:///path/file.db"
             ) from None
         secret = [k for k in url.query if k.lower() in {"password", "passwd", "pwd", "passfile"}]
+        # an ODBC connection string passed whole (odbc_connect=DRIVER=...;PWD=...)
+        odbc = " ".join(str(v) for k, v in url.query.items() if k.lower() == "odbc_connect")
+        if re.search(r"(^|;)\s*(pwd|password)\s*=", odbc, re.IGNORECASE):
+            secret.append("odbc_connect PWD")
         if url.password or secret:
             raise ValueError(
                 "the URL contains a password; remove it and set password_env or password_file"
             )
-        if url.get_backend_name() not in {"postgresql", "sqlite"}:
+        if url.get_backend_name() not in SUPPORTED_KINDS:
             raise ValueError(
-                f"database kind {url.get_backend_name()!r} is not supported yet; "
-                "use postgresql or sqlite"
+                f"database kind {url.get_backend_name()!r} is not supported; "
+                f"use one of {', '.join(sorted(SUPPORTED_KINDS))}"
             )
         return value
 

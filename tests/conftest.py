@@ -65,6 +65,22 @@ def sqlite_database(tmp_path: Path) -> Callable[[], str]:
     return make
 
 
+# Register databases beyond SQLite and PostgreSQL: each kind's fixtures live in their own file
+# (tests/fixtures_<kind>.py: a `<kind>_database` factory like `pg_database`).
+from fixtures_firebird import *  # noqa: E402, F403
+from fixtures_mariadb import *  # noqa: E402, F403
+
+# Every kind a register can be, for the shared suite (tests/test_backends.py).
+REGISTER_KINDS = ["sqlite", "postgresql", "mariadb", "firebird"]
+
+
+@pytest.fixture(params=REGISTER_KINDS)
+def register_database(request: pytest.FixtureRequest) -> Callable[[], str]:
+    """Parametrises a test over every kind of register database (ids: the kind)."""
+    name = "pg_database" if request.param == "postgresql" else f"{request.param}_database"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_database(request: pytest.FixtureRequest) -> Callable[[], str]:
     """Parametrises a test over every backend."""

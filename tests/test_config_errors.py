@@ -371,10 +371,10 @@ CASES = [
     Case(
         "toml-unknown-database-kind",
         TOML,
-        replace=('url = "sqlite:///{dir}/server.db"', 'url = "mysql://repl@10.0.0.5/loja"'),
+        replace=('url = "sqlite:///{dir}/server.db"', 'url = "oracle://repl@10.0.0.5/loja"'),
         where="replicator.toml:10",
         key="databases.server.url",
-        fix="use postgresql or sqlite",
+        fix="use one of firebird, mariadb",
     ),
     Case(
         "toml-invalid-role",

@@ -125,7 +125,8 @@ def test_run_rides_out_an_outage_and_a_stalled_link(
     pg_database: Callable[[], str], sqlite_database: Callable[[], str], tmp_path: Path
 ) -> None:
     """The open links to the server stop answering; then the link drops, then accepts
-    connections and says nothing, then comes back: the register never fails a sale, and every sale reaches the server exactly once,
+    connections and says nothing, then comes back: the register never fails a sale, and every
+    sale reaches the server exactly once,
     without restarting the service."""
     server, register = pg_database(), sqlite_database()
     execute(server, ITEM_DDL)

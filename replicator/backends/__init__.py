@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import importlib
+
 from sqlalchemy.engine import URL
 
 from replicator.backends.base import Backend
 from replicator.errors import ConfigError
+
+# kind (SQLAlchemy backend name) -> (module, class, the packages it needs, how to install them)
+_BACKENDS: dict[str, tuple[str, str, str]] = {
+    "postgresql": ("postgresql", "PostgreSQLBackend", "pip install 'psycopg[binary]'"),
+    "sqlite": ("sqlite", "SQLiteBackend", ""),
+    "mariadb": (
+        "mariadb",
+        "MariaDBBackend",
+        "pip install pyodbc, and the ODBC driver: apt install unixodbc odbc-mariadb",
+    ),
+    "mysql": (
+        "mariadb",
+        "MariaDBBackend",
+        "pip install pyodbc, and the ODBC driver: apt install unixodbc odbc-mariadb",
+    ),
+    "firebird": (
+        "firebird",
+        "FirebirdBackend",
+        "pip install 'replicator[firebird]' (firebird-driver, sqlalchemy-firebird), and the "
+        "Firebird client library: apt install libfbclient2",
+    ),
+    "mssql": (
+        "mssql",
+        "SQLServerBackend",
+        "pip install pyodbc, and Microsoft's ODBC Driver 18 for SQL Server",
+    ),
+}
 
 
 def open_backend(
@@ -19,15 +48,19 @@ def open_backend(
 
     `timezone`: the zone of the database's naive timestamps (`Settings.timezone`)."""
     kind = url.get_backend_name()
-    if kind == "postgresql":
-        from replicator.backends.postgresql import PostgreSQLBackend
-
-        return PostgreSQLBackend(url, node, lock_timeout_ms, timezone=timezone, pool_size=pool_size)
-    if kind == "sqlite":
-        from replicator.backends.sqlite import SQLiteBackend
-
-        return SQLiteBackend(url, node, lock_timeout_ms, timezone=timezone, pool_size=pool_size)
-    raise ConfigError(f"database kind {kind!r} is not supported yet; use postgresql or sqlite")
+    if kind not in _BACKENDS:
+        raise ConfigError(
+            f"database kind {kind!r} is not supported; use one of {', '.join(sorted(_BACKENDS))}"
+        )
+    module_name, class_name, install = _BACKENDS[kind]
+    try:
+        module = importlib.import_module(f"replicator.backends.{module_name}")
+        backend_class: type[Backend] = getattr(module, class_name)
+        return backend_class(url, node, lock_timeout_ms, timezone=timezone, pool_size=pool_size)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{kind} databases need a driver that is not installed ({exc}); {install}"
+        ) from None
 
 
 __all__ = ["Backend", "open_backend"]

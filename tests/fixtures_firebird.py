@@ -1,0 +1,1 @@
+"""Firebird fixtures (placeholder until the Firebird backend lands)."""

@@ -1,0 +1,1 @@
+"""MariaDB fixtures (placeholder until the MariaDB backend lands)."""
