@@ -403,14 +403,19 @@ def install_linux(
     layout = layout or Layout()
     ensure_user(spec.user, echo)
     write_env_file(spec, echo)
-    logs = log_folder(settings)
-    if logs is not None and not logs.exists():
-        import pwd
+    base = _absolute(settings.path, Path.cwd()).parent
+    state = getattr(getattr(settings.config, "service", None), "state_dir", None)
+    for what, folder in (
+        ("log folder", log_folder(settings)),
+        ("state folder", _absolute(Path(state), base) if state is not None else None),
+    ):
+        if folder is not None and not folder.exists():
+            import pwd
 
-        logs.mkdir(parents=True)
-        entry = pwd.getpwnam(spec.user)
-        os.chown(logs, entry.pw_uid, entry.pw_gid)
-        echo(f"created log folder {logs} for {spec.user}")
+            folder.mkdir(parents=True)
+            entry = pwd.getpwnam(spec.user)
+            os.chown(folder, entry.pw_uid, entry.pw_gid)
+            echo(f"created {what} {folder} for {spec.user}")
     if spec.private_tmp_off is not None:
         echo(
             f"warning  {spec.private_tmp_off} is in a temporary folder (emptied at boot): "

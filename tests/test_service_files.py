@@ -595,3 +595,23 @@ def test_recovery_restarts_three_times() -> None:
     assert actions["ResetPeriod"] == 86400
     assert actions["Actions"] == RESTARTS == ((1, 5000), (1, 5000), (1, 60000))
     assert set(actions) == {"ResetPeriod", "RebootMsg", "Command", "Actions"}
+
+
+def test_install_creates_the_configured_state_folder(
+    spec: tuple[UnitSpec, Layout], demo: Path, tmp_path: Path
+) -> None:
+    """`[service] state_dir` that does not exist yet: install creates it for the service's
+    user (else the service would fail at its first start, unable to take its lock)."""
+    unit_spec_, layout = spec
+    state = tmp_path / "state here"
+    config = tmp_path / "with-state.toml"
+    text = demo.read_text(encoding="utf-8").replace(
+        'mappings = "mappings"', f'mappings = "{demo.parent / "mappings"}"'
+    )
+    config.write_text(text + f'\n[service]\nstate_dir = "{state}"\n', encoding="utf-8")
+    settings = load_settings(config)
+    said: list[str] = []
+    install_linux(settings, unit_spec_, said.append, layout=layout, why_not="no systemd")
+    assert state.is_dir()
+    assert state.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+    assert f"created state folder {state} for nobody" in said
