@@ -12,6 +12,7 @@ from rich.table import Table
 from sqlalchemy import exc as sa_exc
 
 from replicator.config import Settings
+from replicator.errors import TransientError
 from replicator.position import Position
 from replicator.quarantine import CONFLICT, REFUSED, WAITING, Quarantine
 from replicator.resync_drift import drift_of
@@ -58,10 +59,21 @@ def collect(
     groups: list[str] | None = None,
 ) -> list[TableStatus]:
     out: list[TableStatus] = []
+    # Databases that could not be reached in this call: later jobs on them say so at once
+    # instead of waiting for the connect timeout again (a stalled server and 30 jobs).
+    unreachable: dict[str, str] = {}
     for job in settings.jobs(groups):
         runner = JobRunner(settings, databases, job)
         labels = [t.label for t in settings.groups[job.group].tables]
         register = job.target if job.source == job.server else job.source
+        down = next((unreachable[d] for d in (job.target, job.source) if d in unreachable), None)
+        if down is not None:
+            out += [
+                TableStatus(job.name, t, 0, 0, 0, None, None, 0, down, register=register)
+                for t in labels
+            ]
+            continue
+        trying = job.target
         try:
             target = databases[job.target]
             ct = target.ct
@@ -75,9 +87,12 @@ def collect(
                 held = Quarantine(ct, job.name).counts(conn)
                 job_row = conn.execute(sa.select(ct.job).where(j.job == job.name)).first()
                 drift = drift_of(target, conn, job, runner.plans()) or {}
+            trying = job.source
             pending, warning = _pending(runner, positions)
         except (sa_exc.SQLAlchemyError, Exception) as exc:  # status reports, never crashes
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            if _unreachable(databases, trying, exc):
+                unreachable[trying] = f"{trying} not reached: {reason}"
             out += [
                 TableStatus(job.name, t, 0, 0, 0, None, None, 0, reason, register=register)
                 for t in labels
@@ -105,6 +120,16 @@ def collect(
                 )
             )
     return out
+
+
+def _unreachable(databases: Databases, name: str, exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached now (not: a table is missing)."""
+    if not isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return False
+    try:
+        return isinstance(databases[name].classify(exc), TransientError)
+    except Exception:  # status reports, never crashes
+        return False
 
 
 def _pending(runner: JobRunner, positions: dict[str, Any]) -> tuple[dict[str, int], str | None]:

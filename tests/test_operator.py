@@ -113,6 +113,27 @@ def test_status_fails_when_a_database_is_unreachable(tmp_path: Path) -> None:
     assert status["job"] == "itens:caixa->server" and status["error"]
 
 
+def test_status_tries_an_unreachable_database_once(tmp_path: Path) -> None:
+    """Several jobs on a server that cannot be reached: the first waits for the driver, the
+    others say at once that it was not reached (a stalled link would cost a connect timeout
+    per job, and `status` is what support runs while the store waits)."""
+    register = f"sqlite:///{tmp_path / 'r.db'}"
+    execute(register, ITEM_DDL, "CREATE TABLE produto (id integer PRIMARY KEY, nome text)")
+    catalog = "group: catalogo\ndirection: register_to_server\ntables:\n  - source: produto\n    key: [id]\n"
+    port = closed_port()
+    config = write_node(
+        tmp_path,
+        f"postgresql+psycopg://postgres@127.0.0.1:{port}/loja",
+        register,
+        {"itens": ITEMS, "catalogo": catalog},
+    )
+    result = invoke("-c", str(config), "status", "--json")
+    assert result.exit_code == 4, result.output
+    errors = {s["job"]: s["error"] for s in json.loads(result.stdout)}
+    assert len(errors) == 2 and all(errors.values()), errors
+    assert sum(e.startswith("server not reached: ") for e in errors.values()) == 1, errors
+
+
 def test_status_fails_when_setup_was_not_run(tmp_path: Path) -> None:
     config = sqlite_node(tmp_path)
     result = invoke("-c", str(config), "status")
