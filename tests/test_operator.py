@@ -119,7 +119,10 @@ def test_status_tries_an_unreachable_database_once(tmp_path: Path) -> None:
     per job, and `status` is what support runs while the store waits)."""
     register = f"sqlite:///{tmp_path / 'r.db'}"
     execute(register, ITEM_DDL, "CREATE TABLE produto (id integer PRIMARY KEY, nome text)")
-    catalog = "group: catalogo\ndirection: register_to_server\ntables:\n  - source: produto\n    key: [id]\n"
+    catalog = (
+        "group: catalogo\ndirection: register_to_server\n"
+        "tables:\n  - source: produto\n    key: [id]\n"
+    )
     port = closed_port()
     config = write_node(
         tmp_path,
