@@ -37,7 +37,7 @@ def run_check(settings: Settings, databases: Databases) -> Report:
         backend = databases[name]
         try:
             with backend.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
+                backend.ping(conn)
             reachable.add(name)
             report.checked.append(f"database {name}: {backend.display_url} reachable")
         except sa_exc.SQLAlchemyError as exc:

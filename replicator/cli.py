@@ -178,7 +178,7 @@ def setup(
 ) -> None:
     """Install change tracking and control tables (or --print them)."""
     from replicator.preflight import reachable
-    from replicator.tracking import install, printable, setup_script
+    from replicator.tracking import install, setup_script
 
     settings = ctx.settings()
     for name in names:
@@ -204,7 +204,7 @@ def setup(
                 return
             for name, statements in scripts.items():
                 click.echo(f"-- database {name}: {dbs[name].display_url}\n")
-                click.echo(printable(statements))
+                click.echo(dbs[name].script(statements))
             return
         if new_identity and not names:
             raise ReplicatorError(

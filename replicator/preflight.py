@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from replicator.backends import Backend
@@ -42,7 +41,7 @@ def connect_problem(backend: Backend) -> str | None:
     """The first line of the driver's error when the database cannot be reached, else None."""
     try:
         with backend.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+            backend.ping(conn)
     except sa_exc.SQLAlchemyError as exc:
         return first_line(exc)
     return None

@@ -64,7 +64,7 @@ def install(
                     raw.cursor().execute(stmt)
             finally:
                 raw.close()
-            with backend.engine.begin() as conn:
+            with backend.setup_connection() as conn:
                 for stmt in backend.prepare_ddl():
                     conn.exec_driver_sql(stmt)
                 backend.ct.metadata.create_all(conn)

@@ -121,6 +121,10 @@ class Backend:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def ping(self, conn: Connection) -> None:
+        """The smallest query this database answers (a reachability check)."""
+        conn.execute(sa.text("SELECT 1"))
+
     # --- catalog -------------------------------------------------------------------------
     def table(self, conn: Connection, name: str) -> sa.Table:
         """The reflected table (cached); `schema.table` names a schema."""
@@ -329,6 +333,23 @@ class Backend:
             if not any(dollar in value for value in names.values()):
                 return {**names, "dollar": dollar}
         raise AssertionError("unreachable")
+
+    def script(self, statements: list[str]) -> str:
+        """`setup --print`: the statements as a script for this database's own client
+        (a dialect may add delimiters around routine bodies, or batch separators)."""
+        out = []
+        for stmt in statements:
+            text = stmt.strip()
+            out.append(text if text.endswith(";") else text + ";")
+        return "\n\n".join(out) + "\n"
+
+    @contextmanager
+    def setup_connection(self) -> Iterator[Connection]:
+        """The connection `setup` installs on: one transaction, committed at the end. A
+        database that uses new objects only once their DDL is committed (Firebird) overrides
+        it to commit each statement."""
+        with self.engine.begin() as conn:
+            yield conn
 
     def prepare_ddl(self) -> list[str]:
         """Database-wide objects installed before the control tables, in one transaction."""

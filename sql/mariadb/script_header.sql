@@ -1,0 +1,8 @@
+-- For the `mariadb` client: mariadb -h HOST -u ADMIN -p DATABASE < this-file.sql
+-- The replicator's own user needs, on this database:
+--   SELECT on the tracked tables (a source), SELECT, INSERT, UPDATE, DELETE on the mapped
+--   target tables and on the replicator_* control tables, CREATE TEMPORARY TABLES (its stage
+--   tables); to run `replicator setup` itself: CREATE, ALTER, INDEX and TRIGGER as well.
+--   GRANT SELECT, INSERT, UPDATE, DELETE, CREATE TEMPORARY TABLES ON db.* TO 'replicator'@'%';
+-- The application's users write the clock and tombstone tables through the triggers
+-- (SQL SECURITY DEFINER: the privileges of whoever created the triggers).

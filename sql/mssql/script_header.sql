@@ -1,0 +1,6 @@
+-- For sqlcmd: sqlcmd -S HOST -d DATABASE -i this-file.sql
+-- The replicator's own login needs: SELECT on the tracked tables; SELECT, INSERT,
+-- UPDATE, DELETE on the mapped target tables and the replicator schema; EXECUTE
+-- on sp_getapplock; to run setup itself: ALTER on the tables, CREATE TABLE,
+-- CREATE SCHEMA, and ALTER DATABASE for ALLOW_SNAPSHOT_ISOLATION.
+-- NOT TESTED AGAINST A LIVE SERVER (docs/sqlserver.md).
