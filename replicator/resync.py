@@ -20,7 +20,8 @@ from loguru import logger
 
 from replicator.config import Job, Settings
 from replicator.errors import ConfigError, ReplicatorError
-from replicator.resync_compare import TableReport, TableResync, source_rows
+from replicator.resync_compare import LEAF_ROWS, TableReport, TableResync, source_rows
+from replicator.resync_hash import HashKind
 from replicator.sync import Databases, JobRunner
 
 EXIT_DIFFERENT = 8
@@ -106,16 +107,13 @@ def run_resync(
     progress: Progress | None = None,
     chunk_rows: int | None = None,
     leaf_rows: int | None = None,
+    hash_kind: HashKind | None = None,
 ) -> ResyncResult:
     """Compare (and repair) each selected table of each job; a failing table is reported and
-    the others go on."""
+    the others go on. `chunk_rows`, `leaf_rows` and `hash_kind` (tests, benchmarks): the
+    chunk and bucket sizes, and the row hash (None: `pg` when both sides are PostgreSQL)."""
     result = ResyncResult(dry_run)
     started = time.perf_counter()
-    sizes: dict[str, int] = {}
-    if chunk_rows:
-        sizes["chunk_rows"] = chunk_rows
-    if leaf_rows:
-        sizes["leaf_rows"] = leaf_rows
     for job, tables in selection:
         log = logger.bind(job=job.name)
         try:
@@ -139,7 +137,9 @@ def run_resync(
                     dry_run=dry_run,
                     delete_extra=delete_extra,
                     progress=tick,
-                    **sizes,
+                    chunk_rows=chunk_rows,
+                    leaf_rows=leaf_rows or LEAF_ROWS,
+                    hash_kind=hash_kind,
                 ).run()
             except ReplicatorError as exc:
                 tlog.error("resync failed: {}", exc)

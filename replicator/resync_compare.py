@@ -1,13 +1,17 @@
 """Compare one table of one job by bucket checksums, then repair what differs.
 
-Chunk bounds are source key values found by a keyset walk (`key > last ORDER BY key OFFSET
-step-1 LIMIT 1`), never positions in a string collation: text key columns are compared in
-code point order on both sides (`COLLATE "C"` on PostgreSQL, SQLite's BINARY). For a chunk,
-each side computes, in one query inside its own database and at the same time as the other
-(two threads), `(count, sum of row hashes)` of every bucket of `leaf_rows` consecutive rows
-and the last key of each bucket (`resync_side`, `resync_hash`). A run of buckets that differ
-is compared by `(key, row hash)` pairs; only the rows whose hashes differ are fetched whole
-and compared in Python, the judge. Memory stays bounded by a chunk whatever the table size.
+A single integer key: the span between both sides' smallest and largest keys is cut by value
+into chunks of about `value_rows` rows, and each chunk into equal buckets, the same cut on
+both sides whatever rows each holds (one query per side and chunk: `GROUP BY` the bucket).
+Other keys: chunk bounds are source key values found by a keyset walk (`key > last ORDER BY
+key OFFSET step-1 LIMIT 1`), never positions in a string collation (text key columns compare
+in code point order on both sides: `COLLATE "C"` on PostgreSQL, SQLite's BINARY), and buckets
+are runs of `leaf_rows` numbered rows. Both sides compute `(count, sum of row hashes)` per
+bucket inside their own database at the same time (two threads; `resync_side`,
+`resync_hash`). A differing bucket of many rows is cut again; with PostgreSQL on both sides,
+differing buckets are cut into sub-buckets in one query; what still differs is compared by
+`(key, row hash)` pairs, and only the rows whose hashes differ are fetched whole and compared
+in Python, the judge. Memory stays bounded by BATCH_ROWS whatever the table size.
 
 Repairs go through the one apply path (`Applier.upserts` / `Applier.deletes`) inside
 `Backend.write(job)`, which holds the job's lock: the current source rows are read again
@@ -33,13 +37,18 @@ from replicator.backends.base import chunks
 from replicator.errors import BusyError, PermanentError
 from replicator.quarantine import Budget, TableStopped
 from replicator.resync_drift import record
-from replicator.resync_hash import canonical_row, field_specs
-from replicator.resync_side import Key, Side
+from replicator.resync_hash import HashKind, canonical_row, field_specs
+from replicator.resync_side import Checksum, Key, Side
 from replicator.sync import JobRunner
 from replicator.transform import TablePlan
 
-CHUNK_ROWS = 10_000  # rows per top-level chunk
+CHUNK_ROWS = 10_000  # rows per top-level chunk (keys walked in order)
+VALUE_CHUNK_ROWS = 1_000_000  # rows per top-level chunk of a single integer key (cut by value)
 LEAF_ROWS = 50  # rows per bucket: a differing bucket is compared by per-row hashes
+SPLIT_ROWS = 4 * LEAF_ROWS  # a differing value bucket with more rows is cut again
+BATCH_ROWS = 20_000  # rows of differing buckets compared at a time (memory)
+NARROW_BATCH_ROWS = 50_000  # the same when sub-buckets leave about a tenth of them
+SUB_PARTS = 10  # sub-buckets per differing bucket (both sides PostgreSQL, one integer key)
 REPAIR_ROWS = 500  # keys per repair transaction (fewer on a register: see _paced)
 SAMPLES = 20  # differences kept per table for the report
 LOCK_WAIT = 60.0  # seconds to wait for the job's lock (a running sync) before giving up
@@ -87,6 +96,9 @@ class TableReport:
         }
 
 
+Run = tuple[Key | None, Key | None, int]  # the keys (lo, hi] of differing buckets, their rows
+
+
 @dataclass
 class _Leaf:
     upsert: list[Key] = field(default_factory=list)  # source keys
@@ -104,16 +116,19 @@ class TableResync:
         dry_run: bool,
         delete_extra: bool,
         progress: Callable[[TableReport, int], None] | None = None,
-        chunk_rows: int = CHUNK_ROWS,
+        chunk_rows: int | None = None,
         leaf_rows: int = LEAF_ROWS,
+        hash_kind: HashKind | None = None,
     ) -> None:
         self.r = runner
         self.plan = plan
         self.dry_run = dry_run
         self.delete = delete_extra or plan.deletes
         self.progress = progress
-        self.chunk_rows = chunk_rows
+        self.chunk_rows = chunk_rows or CHUNK_ROWS
+        self.value_rows = chunk_rows or VALUE_CHUNK_ROWS
         self.leaf_rows = leaf_rows
+        self.hash_kind = hash_kind
         self.report = TableReport(runner.job.name, plan.label)
         self.round = TableRound(plan, Budget(plan.label, runner.target.bisect_seconds))
         self._build()
@@ -154,6 +169,7 @@ class TableResync:
             specs,
             key_specs,
             extra=[c.label(f"repl_key_{i}") for i, c in enumerate(plan.source_key)],
+            hash_kind=self._hash_kind(),
         )
         self.target = Side(
             self.r.target,
@@ -164,6 +180,7 @@ class TableResync:
             specs,
             key_specs,
             extra=[plan.target.c[k] for k in plan.target_key],
+            hash_kind=self.source.hash_kind,
         )
         self._range_index = [plan.columns.index(k) for k in self.range_target]
         self._integer_key = all(
@@ -173,21 +190,35 @@ class TableResync:
             for side in (self.source, self.target)
         )
 
+    def _hash_kind(self) -> HashKind:
+        """`pg` (hashtextextended of the row text) when both sides are PostgreSQL databases
+        of one encoding (the same text is the same bytes on both), else the portable `md5`."""
+        source, target = self.r.source, self.r.target
+        if source.dialect != "postgresql" or target.dialect != "postgresql":
+            return "md5"
+        if self.hash_kind is not None:  # asked for (tests, benchmarks)
+            return self.hash_kind
+        found = set()
+        for backend in (source, target):
+            with backend.engine.connect() as conn:
+                encoding, version = conn.execute(
+                    sa.text(
+                        "SELECT current_setting('server_encoding'), "
+                        "current_setting('server_version_num')::int"
+                    )
+                ).one()
+            if version < 110000:  # no hashtextextended
+                return "md5"
+            found.add(encoding)
+        return "pg" if len(found) == 1 else "md5"
+
     # --- the walk ----------------------------------------------------------------------------
     def run(self) -> TableReport:
         rep = self.report
         pool = ThreadPoolExecutor(3, thread_name_prefix="resync")
         try:
-            lo: Key | None = None
-            ahead = pool.submit(self.source.next_bound, None, None, self.chunk_rows)
-            while True:
-                hi = ahead.result()
-                if hi is not None:  # the next bound is walked while this chunk is compared
-                    ahead = pool.submit(self.source.next_bound, hi, None, self.chunk_rows)
-                self._chunk(pool, lo, hi)
-                if hi is None:
-                    break
-                lo = hi
+            if not (self._integer_key and self._by_value(pool)):
+                self._walk(pool)
             if not self.dry_run:  # every row now follows the current mapping
                 self._locked(lambda conn: record(self.r.target, conn, self.r.job.name, self.plan))
         except TableStopped as exc:
@@ -197,6 +228,37 @@ class TableResync:
         finally:
             pool.shutdown()
         return rep
+
+    def _by_value(self, pool: ThreadPoolExecutor) -> bool:
+        """A single integer key: (min - 1, max] of both sides cut by value into chunks of
+        about `value_rows` rows, one bucket query per side and chunk (False: the key span is
+        too wide for bucket arithmetic in 64 bits; the keys are walked instead)."""
+        (slo, shi, sn), (tlo, thi, tn) = self._both(pool, "extent")
+        lows = [v for v in (slo, tlo) if v is not None]
+        highs = [v for v in (shi, thi) if v is not None]
+        if not lows:
+            return True  # both sides empty
+        lo, hi, rows = min(lows) - 1, max(highs), max(sn, tn)
+        span, parts = hi - lo, max(1, (rows + self.value_rows // 2) // self.value_rows)
+        buckets = max(1, self.value_rows // self.leaf_rows)
+        if lo < -(2**62) or hi > 2**62 or span // parts * (buckets + 1) >= 2**62:
+            return False
+        for i in range(parts):
+            self._value_chunk(pool, lo + i * span // parts, lo + (i + 1) * span // parts)
+        return True
+
+    def _walk(self, pool: ThreadPoolExecutor) -> None:
+        """Chunks of `chunk_rows` source keys in key order, bounds walked ahead."""
+        lo: Key | None = None
+        ahead = pool.submit(self.source.next_bound, None, None, self.chunk_rows)
+        while True:
+            hi = ahead.result()
+            if hi is not None:  # the next bound is walked while this chunk is compared
+                ahead = pool.submit(self.source.next_bound, hi, None, self.chunk_rows)
+            self._chunk(pool, lo, hi)
+            if hi is None:
+                break
+            lo = hi
 
     def _both(self, pool: ThreadPoolExecutor, name: str, *args: Any) -> tuple[Any, Any]:
         """The same question to both databases at once."""
@@ -228,7 +290,7 @@ class TableResync:
             and end_agrees(j)
             for j in range(n)
         ]
-        j, runs = 0, []
+        j, runs = 0, list[Run]()
         while j < n:
             if same[j]:
                 j += 1
@@ -237,7 +299,12 @@ class TableResync:
             while j < n and not same[j]:
                 j += 1
             # the keys around a run agree on both sides (its neighbours are equal buckets)
-            runs.append((lo if first == 0 else sraw[first - 1], hi if j == n else sraw[j - 1]))
+            rows = sum(
+                max(c[k].count if k < len(c) else 0 for c in (ss, ts)) for k in range(first, j)
+            )
+            runs.append(
+                (lo if first == 0 else sraw[first - 1], hi if j == n else sraw[j - 1], rows)
+            )
         if runs:
             self._leaf(pool, runs)
         rep.rows += sum(c.count for c in ss)
@@ -248,36 +315,104 @@ class TableResync:
         """An integer key: buckets cut by key value, the same on both sides (no row numbers to
         compute, and a missing row changes its own bucket only)."""
         rep = self.report
-        count = max(1, min(hi - lo, self.chunk_rows // self.leaf_rows))
-        ss, ts = self._both(pool, "value_buckets", lo, hi, count)
+        ss, ts = self._both(pool, "value_buckets", lo, hi, self._buckets(lo, hi))
         rep.chunks += 1
-        span = hi - lo
-
-        def edge(j: int) -> int:  # bucket j holds the keys (edge(j), edge(j + 1)]
-            return lo + -(-j * span // count)
-
-        j, runs = 0, list[tuple[Key | None, Key | None]]()
-        while j < count:
-            if ss.get(j) == ts.get(j):
-                j += 1
-                continue
-            first = j
-            while j < count and ss.get(j) != ts.get(j):
-                j += 1
-            runs.append(((edge(first),), (edge(j),)))
+        runs = self._differing(pool, lo, hi, ss, ts)
         if runs:
             self._leaf(pool, runs)
         rep.rows += sum(c.count for c in ss.values())
         rep.target_rows += sum(c.count for c in ts.values())
         self._tick(sum(c.count for c in ss.values()))
 
+    def _buckets(self, lo: int, hi: int) -> int:
+        return max(1, min(hi - lo, self.value_rows // self.leaf_rows))
+
+    def _differing(
+        self,
+        pool: ThreadPoolExecutor,
+        lo: int,
+        hi: int,
+        ss: dict[int, Checksum],
+        ts: dict[int, Checksum],
+    ) -> list[Run]:
+        """The key ranges (lo, hi] of the runs of differing buckets, with their row counts; a
+        differing bucket of more than SPLIT_ROWS rows (keys bunched in a part of the span) is
+        cut again."""
+        count, span = self._buckets(lo, hi), hi - lo
+
+        def edge(j: int) -> int:  # bucket j holds the keys (edge(j), edge(j + 1)]
+            return lo + -(-j * span // count)
+
+        runs: list[Run] = []
+        for j in sorted(set(ss) | set(ts)):
+            mine, theirs = ss.get(j), ts.get(j)
+            if mine == theirs:
+                continue
+            a, b = edge(j), edge(j + 1)
+            rows = max(mine.count if mine else 0, theirs.count if theirs else 0)
+            if rows > SPLIT_ROWS and b - a > 1:
+                inner = self._both(pool, "value_buckets", a, b, self._buckets(a, b))
+                runs.extend(self._differing(pool, a, b, *inner))
+            elif runs and runs[-1][1] == (a,) and runs[-1][2] + rows <= SPLIT_ROWS:
+                runs[-1] = (runs[-1][0], (b,), runs[-1][2] + rows)  # neighbours, still small
+            else:
+                runs.append(((a,), (b,), rows))
+        return runs
+
     def _tick(self, rows: int) -> None:
         if self.progress is not None:
             self.progress(self.report, rows)
 
     # --- the runs of differing buckets of a chunk: row hashes, then rows --------------------
-    def _leaf(self, pool: ThreadPoolExecutor, runs: list[tuple[Key | None, Key | None]]) -> None:
+    def _leaf(self, pool: ThreadPoolExecutor, runs: list[Run]) -> None:
+        """Runs compared in batches of at most `max_ranges` ranges (one query per side) and
+        about BATCH_ROWS rows (NARROW_BATCH_ROWS when cut into sub-buckets first): memory
+        stays bounded whatever the chunk size."""
+        most = min(self.source.max_ranges, self.target.max_ranges)
+        narrow = self.source.sub_buckets and self.target.sub_buckets
+        limit = NARROW_BATCH_ROWS if narrow else BATCH_ROWS
+        batch: list[tuple[Key | None, Key | None]] = []
+        rows = 0
+        for lo, hi, n in runs:
+            if batch and (len(batch) >= most or rows + n > limit):
+                self._ranges(pool, batch)
+                batch, rows = [], 0
+            batch.append((lo, hi))
+            rows += n
+        if batch:
+            self._ranges(pool, batch)
+
+    def _narrow(
+        self, pool: ThreadPoolExecutor, runs: list[tuple[Key | None, Key | None]]
+    ) -> list[tuple[Key | None, Key | None]]:
+        """Both sides PostgreSQL with one integer key: each run cut by value into SUB_PARTS
+        sub-buckets, all of them in one query per side; only the sub-buckets that differ
+        are compared by (key, row hash) pairs (a tenth of the pairs for a row changed here
+        and there)."""
+        spans = [(int(lo[0]), int(hi[0])) for lo, hi in runs if lo is not None and hi is not None]
+        if len(spans) < len(runs):
+            return runs
+        ss, ts = self._both(pool, "span_buckets", spans, SUB_PARTS)
+        out: list[tuple[Key | None, Key | None]] = []
+        for i, (lo, hi) in enumerate(spans):
+            span = hi - lo
+            parts = min(SUB_PARTS, span)
+            for j in range(parts):
+                if ss.get((i, j)) == ts.get((i, j)):
+                    continue
+                a, b = lo + -(-j * span // parts), lo + -(-(j + 1) * span // parts)
+                if out and out[-1][1] == (a,):
+                    out[-1] = (out[-1][0], (b,))
+                else:
+                    out.append(((a,), (b,)))
+        return out
+
+    def _ranges(self, pool: ThreadPoolExecutor, runs: list[tuple[Key | None, Key | None]]) -> None:
         plan, rep = self.plan, self.report
+        if self.source.sub_buckets and self.target.sub_buckets:
+            runs = self._narrow(pool, runs)
+            if not runs:
+                return
         src, tgt = self._both(pool, "hashes", runs)
         rep.hashes += len(src) + len(tgt)
         wanted = {self.source.key_text(k): (h, skey) for k, skey, h in src}

@@ -1,16 +1,20 @@
 """One database's view of a table's mapped rows for `replicator resync`, over ranges of the
-range key (the source key, or the target columns it becomes): chunk bounds, per-bucket
-checksums, per-row hashes and rows, each computed inside the database in one query.
+range key (the source key, or the target columns it becomes): the key's extent, chunk bounds,
+per-bucket checksums, per-row hashes and rows, each computed inside the database in one query.
 
-Buckets are runs of `size` consecutive rows of a range in key order (`row_number()`), so
-both sides compute theirs at the same time, each without the other's keys; `marks` gives the
-last key of each full bucket. Two buckets agree when their counts, sums and both end keys
-agree; a missing or extra row shifts the buckets after it within its chunk, which then only
-costs per-row hashes of the rest of that chunk, never a wrong answer.
+Buckets of a single integer key are equal spans of its values (`value_buckets`, and
+`span_buckets` for many small spans at once on PostgreSQL, joined with arrays of bounds), the
+same on both sides whatever rows each holds. Buckets of other keys are runs of `size`
+consecutive rows of a range in key order (`row_number()`), so both sides compute theirs at
+the same time, each without the other's keys; `marks` gives the last key of each full
+bucket. Two such buckets agree when their counts, sums and both end keys agree; a missing or
+extra row shifts the buckets after it within its chunk, which then only costs per-row hashes
+of the rest of that chunk, never a wrong answer.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,16 +22,21 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
 
 from replicator.backends import Backend
 from replicator.backends.base import Row
 from replicator.resync_hash import (
+    MASK,
     FieldSpec,
+    HashKind,
     checksum_of,
     field_text,
     postgresql_fields,
     postgresql_row_hash,
+    sqlite_bucket_sums,
     sqlite_row_hash,
     sqlite_sum,
 )
@@ -54,6 +63,7 @@ class Side:
         specs: Sequence[FieldSpec],
         key_specs: Sequence[FieldSpec],
         extra: Sequence[sa.ColumnElement[Any]] = (),
+        hash_kind: HashKind = "md5",
     ) -> None:
         self.backend = backend
         self.table = table
@@ -65,6 +75,7 @@ class Side:
         self.extra = list(extra)  # selected after the range key by `hashes` and `rows`
         self.zone = backend.timezone
         self.pg = backend.dialect == "postgresql"
+        self.hash_kind: HashKind = hash_kind if self.pg else "md5"
         self._name = f"repl_resync_{id(self) & 0xFFFFFF}"
 
     def ordered(self) -> list[Any]:
@@ -84,6 +95,9 @@ class Side:
             values = [
                 sa.literal(v, type_=c.type) for v, c in zip(bound, self.range_cols, strict=True)
             ]
+            if len(cols) == 1:  # the cheaper construct (many ranges go in one query)
+                cond.append(cols[0] > values[0] if after else cols[0] <= values[0])
+                continue
             left, right = sa.tuple_(*cols), sa.tuple_(*values)
             cond.append(left > right if after else left <= right)
         return cond
@@ -92,9 +106,36 @@ class Side:
     def connect(self) -> Iterator[Connection]:
         """A short read transaction (read only on PostgreSQL)."""
         with self.backend.engine.connect() as conn, conn.begin():
-            if self.pg:
+            if self.pg:  # short queries whose row estimates mislead the JIT
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                conn.exec_driver_sql("SET LOCAL jit = off")
             yield conn
+
+    def extent(self) -> tuple[int | None, int | None, int]:
+        """The smallest and largest value of a single integer range key, and how many rows
+        there are: on PostgreSQL the planner's estimate (it only sizes the chunks; an exact
+        count would cost a scan), on SQLite a count."""
+        with self.connect() as conn:
+            col = self.range_cols[0]
+            ends = sa.select(sa.func.min(col), sa.func.max(col)).where(*self.where)
+            lo, hi = conn.execute(ends).one()
+            estimate = self._estimate(conn) if self.pg else None
+            if estimate is None:
+                count = sa.select(sa.func.count()).select_from(self.table).where(*self.where)
+                estimate = int(conn.execute(count).scalar() or 0)
+            return (None if lo is None else int(lo), None if hi is None else int(hi), estimate)
+
+    def _estimate(self, conn: Connection) -> int | None:
+        """PostgreSQL's estimate of the rows of this side (None: the restriction does not
+        render as literal SQL, so it is counted instead)."""
+        probe = sa.select(sa.literal(1)).select_from(self.table).where(*self.where)
+        try:
+            sql = str(probe.compile(conn, compile_kwargs={"literal_binds": True}))
+        except sa_exc.CompileError:
+            return None
+        found: Any = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql).scalar()
+        plan = json.loads(found) if isinstance(found, str) else found
+        return int(plan[0]["Plan"]["Plan Rows"])
 
     def next_bound(self, after: Key | None, hi: Key | None, step: int) -> Key | None:
         """The `step`-th range key after `after` (within `hi`), or None."""
@@ -129,11 +170,11 @@ class Side:
             )
             fields = [sub.c[f"f{i}"] for i in range(len(values))]
             if self.pg:
-                total: Any = sa.func.sum(postgresql_row_hash(self.specs, fields))
+                total: Any = sa.func.sum(postgresql_row_hash(self.specs, fields, self.hash_kind))
             else:
                 total = sqlite_sum(conn, self._name, self.specs, fields, self.zone)
             stmt = sa.select(sub.c.b, sa.func.count(), total).group_by(sub.c.b).order_by(sub.c.b)
-            sums = [Checksum(int(n), checksum_of(v)) for _, n, v in conn.execute(stmt)]
+            sums = [Checksum(int(n), checksum_of(v)) for _, n, v in conn.execute(stmt).all()]
             ranked = (
                 sa.select(*keys, rn.label("rn"))
                 .where(*self.where, *self.in_range(lo, hi))
@@ -153,22 +194,43 @@ class Side:
         (the same cut on both sides, whatever rows each holds); buckets without rows are
         left out."""
         with self.connect() as conn:
+            if self.pg:  # a range of the key: the heap read in page order, not key order
+                conn.exec_driver_sql("SET LOCAL enable_indexscan = off")
             key = sa.cast(self.range_cols[0], sa.BigInteger)
             bucket = ((key - (lo + 1)) * count) // (hi - lo)
-            values = self._pg_fields() if self.pg else self._plain()
-            sub = (
-                sa.select(bucket.label("b"), *[v.label(f"f{i}") for i, v in enumerate(values)])
-                .where(*self.where, *self.in_range((lo,), (hi,)))
-                .offset(0)  # each field's text is computed once
-                .subquery()
-            )
-            fields = [sub.c[f"f{i}"] for i in range(len(values))]
-            if self.pg:
-                total: Any = sa.func.sum(postgresql_row_hash(self.specs, fields))
-            else:
-                total = sqlite_sum(conn, self._name, self.specs, fields, self.zone)
-            stmt = sa.select(sub.c.b, sa.func.count(), total).group_by(sub.c.b)
-            return {int(b): Checksum(int(n), checksum_of(v)) for b, n, v in conn.execute(stmt)}
+            within = [*self.where, *self.in_range((lo,), (hi,))]
+            total: Any
+            if self.pg and self.hash_kind == "md5":  # each field's text is computed once
+                values = self._pg_fields()
+                sub = (
+                    sa.select(bucket.label("b"), *[v.label(f"f{i}") for i, v in enumerate(values)])
+                    .where(*within)
+                    .offset(0)
+                    .subquery()
+                )
+                fields = [sub.c[f"f{i}"] for i in range(len(values))]
+                total = sa.func.sum(postgresql_row_hash(self.specs, fields, self.hash_kind))
+                stmt = sa.select(sub.c.b, sa.func.count(), total).group_by(sub.c.b)
+            elif self.pg:  # no subquery: a text cast read twice costs less than one
+                total = sa.func.sum(postgresql_row_hash(self.specs, self._pg_fields(), "pg"))
+                stmt = (
+                    sa.select(bucket.label("b"), sa.func.count(), total)
+                    .where(*within)
+                    .group_by(sa.literal_column("1"))
+                )
+            else:  # SQLite: the buckets are summed in Python as the rows go by
+                call, totals = sqlite_bucket_sums(
+                    conn, self._name + "_b", self.specs, bucket, self._plain(), self.zone
+                )
+                try:
+                    conn.execute(sa.select(sa.func.sum(call)).where(*within)).all()
+                finally:  # the pooled connection keeps no reference to the sums
+                    raw: Any = conn.connection.driver_connection
+                    raw.create_function(self._name + "_b", len(self.specs) + 1, None)
+                return {b: Checksum(n, t & MASK) for b, (n, t) in totals.items()}
+            return {
+                int(b): Checksum(int(n), checksum_of(v)) for b, n, v in conn.execute(stmt).all()
+            }
 
     def _pg_fields(self) -> list[sa.ColumnElement[Any]]:
         return postgresql_fields(self.specs, self.exprs, self.zone)
@@ -177,29 +239,106 @@ class Side:
         return [e.element if isinstance(e, sa.Label) else e for e in self.exprs]
 
     # --- rows --------------------------------------------------------------------------------
+    @property
+    def max_ranges(self) -> int:
+        """Key ranges per `hashes` query: PostgreSQL joins a single integer key with arrays of
+        bounds (index range scans, any number); otherwise an OR of ranges, which costs the
+        database more per row the longer it is."""
+        return 10_000 if self._spans else 64
+
+    @property
+    def sub_buckets(self) -> bool:
+        """`span_buckets` works here (PostgreSQL, one integer key)."""
+        return self._spans
+
+    def span_buckets(
+        self, spans: Sequence[tuple[int, int]], parts: int
+    ) -> dict[tuple[int, int], Checksum]:
+        """Per span (lo, hi] (by its index) cut into min(parts, hi - lo) equal sub-spans:
+        each sub-span's checksum, all spans in one query (a join with arrays of bounds)."""
+        bounds = ARRAY(sa.BigInteger)
+        joined = (
+            sa.func.unnest(
+                sa.bindparam(None, [lo for lo, _ in spans], type_=bounds),
+                sa.bindparam(None, [hi for _, hi in spans], type_=bounds),
+            )
+            .table_valued(
+                sa.column("lo", sa.BigInteger), sa.column("hi", sa.BigInteger), with_ordinality="i"
+            )
+            .render_derived(name="spans")
+        )
+        col = sa.cast(self.range_cols[0], sa.BigInteger)
+        width = joined.c.hi - joined.c.lo
+        sub = ((col - joined.c.lo - 1) * sa.func.least(parts, width)) // width
+        total = sa.func.sum(postgresql_row_hash(self.specs, self._pg_fields(), self.hash_kind))
+        stmt = (
+            sa.select(joined.c.i, sub, sa.func.count(), total)
+            .select_from(
+                self.table.join(
+                    joined,
+                    sa.and_(self.range_cols[0] > joined.c.lo, self.range_cols[0] <= joined.c.hi),
+                )
+            )
+            .where(*self.where)
+            .group_by(sa.literal_column("1"), sa.literal_column("2"))
+        )
+        with self.connect() as conn:
+            return {
+                (int(i) - 1, int(j)): Checksum(int(n), checksum_of(v))
+                for i, j, n, v in conn.execute(stmt).all()
+            }
+
+    @property
+    def _spans(self) -> bool:
+        if not self.pg or len(self.range_cols) != 1:
+            return False
+        kind = self.range_cols[0].type
+        return isinstance(kind, sa.Integer) and not isinstance(kind, sa.Boolean)
+
+    def _from_ranges(
+        self, ranges: Sequence[tuple[Key | None, Key | None]]
+    ) -> tuple[Any, list[sa.ColumnElement[bool]]]:
+        """The FROM and WHERE that select the rows of these ranges (lo, hi]."""
+        if self._spans and all(lo is not None and hi is not None for lo, hi in ranges):
+            bounds = ARRAY(sa.BigInteger)
+            spans = (
+                sa.func.unnest(
+                    sa.bindparam(None, [int(lo[0]) for lo, _ in ranges if lo], type_=bounds),
+                    sa.bindparam(None, [int(hi[0]) for _, hi in ranges if hi], type_=bounds),
+                )
+                .table_valued(sa.column("lo", sa.BigInteger), sa.column("hi", sa.BigInteger))
+                .render_derived(name="spans")
+            )
+            col = self.range_cols[0]
+            return self.table.join(spans, sa.and_(col > spans.c.lo, col <= spans.c.hi)), []
+        parts = [sa.and_(*cond) for cond in (self.in_range(lo, hi) for lo, hi in ranges) if cond]
+        return self.table, [sa.or_(*parts)] if len(parts) == len(ranges) else []
+
     def hashes(self, ranges: Sequence[tuple[Key | None, Key | None]]) -> list[tuple[Key, Key, int]]:
         """(range key, extra columns, row hash) of each row of these ranges (lo, hi]."""
-        parts = [sa.and_(*cond) for cond in (self.in_range(lo, hi) for lo, hi in ranges) if cond]
-        within = [sa.or_(*parts)] if len(parts) == len(ranges) else []
+        source, within = self._from_ranges(ranges)
         with self.connect() as conn:
             if self.pg:
                 values = [f.label(f"f{i}") for i, f in enumerate(self._pg_fields())]
                 sub = (
                     sa.select(*self.range_cols, *self.extra, *values)
+                    .select_from(source)
                     .where(*self.where, *within)
                     .subquery()
                 )
                 fields = [sub.c[f"f{i}"] for i in range(len(values))]
                 front = list(sub.c)[: len(self.range_cols) + len(self.extra)]
-                stmt = sa.select(*front, postgresql_row_hash(self.specs, fields))
+                stmt = sa.select(*front, postgresql_row_hash(self.specs, fields, self.hash_kind))
             else:
                 h = sqlite_row_hash(conn, self._name + "_h", self.specs, self.exprs, self.zone)
-                stmt = sa.select(*self.range_cols, *self.extra, h).where(*self.where, *within)
+                stmt = (
+                    sa.select(*self.range_cols, *self.extra, h)
+                    .select_from(source)
+                    .where(*self.where, *within)
+                )
             n, m = len(self.range_cols), len(self.extra)
-            return [
-                (tuple(r[:n]), tuple(r[n : n + m]), int(r[n + m]) & (2**64 - 1))
-                for r in conn.execute(stmt)
-            ]
+            found = [tuple(r) for r in conn.execute(stmt).all()]  # plain tuples slice fast
+            return [(r[:n], r[n : n + m], int(r[n + m]) & (2**64 - 1)) for r in found]
 
     def rows_of(self, keys: Sequence[Key]) -> list[Row]:
         """The mapped rows (then the extra columns) of these range keys."""
@@ -212,11 +351,14 @@ class Side:
                 else sa.tuple_(*self.range_cols).in_([tuple(k) for k in keys])
             )
             stmt = sa.select(*self.exprs, *self.extra).where(*self.where, match)
-            return [tuple(r) for r in conn.execute(stmt)]
+            return [tuple(r) for r in conn.execute(stmt).all()]
 
     def key_text(self, values: Sequence[Any]) -> tuple[Any, ...]:
         out: list[Any] = []
         for spec, v in zip(self.key_specs, values, strict=True):
+            if type(v) is int and spec.kind in ("int", "dec"):
+                out.append(v)  # equal to (and hashing as) Decimal(v)
+                continue
             text = field_text(spec, v, self.zone)
             if spec.kind in ("int", "dec") and text is not None:
                 try:
