@@ -57,18 +57,19 @@ def test_connection_string_forms() -> None:
     url = sa.engine.make_url
     assert odbc_string(url("mariadb+pyodbc://pos@10.0.0.5:3307/loja")) == (
         "DRIVER={MariaDB Unicode};SERVER=10.0.0.5;PORT=3307;CHARSET=utf8mb4;DATABASE=loja;UID=pos;"
-        "OPTION=2;READ_TIMEOUT=300;WRITE_TIMEOUT=300"
+        "OPTION=2;READ_TIMEOUT=300;WRITE_TIMEOUT=300;CONN_TIMEOUT=10"
     )
     assert odbc_string(url("mariadb://pos@h/loja?driver=MariaDB+ODBC+3.1+Driver")).startswith(
         "DRIVER={MariaDB ODBC 3.1 Driver};SERVER=h;PORT=3306"
     )
     assert (
         odbc_string(url("mariadb://pos@/?dsn=caixa3"))
-        == "DSN=caixa3;UID=pos;OPTION=2;READ_TIMEOUT=300;WRITE_TIMEOUT=300"
+        == "DSN=caixa3;UID=pos;OPTION=2;READ_TIMEOUT=300;WRITE_TIMEOUT=300;CONN_TIMEOUT=10"
     )
     given = url("mysql+pyodbc://pos:p;w}@/?odbc_connect=DRIVER%3D%7BX%7D%3BSERVER%3Dh")
     assert odbc_string(given) == (
-        "DRIVER={X};SERVER=h;UID=pos;OPTION=2;READ_TIMEOUT=300;WRITE_TIMEOUT=300;PWD={p;w}}}"
+        "DRIVER={X};SERVER=h;UID=pos;OPTION=2;READ_TIMEOUT=300;WRITE_TIMEOUT=300;CONN_TIMEOUT=10;"
+        "PWD={p;w}}}"
     )
 
 
@@ -693,4 +694,166 @@ def test_a_value_the_driver_cannot_send_is_refused_for_its_row(mariadb_database:
         conn.exec_driver_sql("INSERT INTO t VALUES (?, ?)", (1, object()))
     assert odbc_error(caught.value.orig or caught.value)[0] == "HY105"
     assert backend.row_error(caught.value) == REFUSED
+    backend.dispose()
+
+
+# --- found by trying it as a store would (hostile schemas) -----------------------------------
+def test_application_insert_without_a_column_list_still_works(
+    pair: tuple[Node, str, str],
+) -> None:
+    """A POS that writes `INSERT INTO item VALUES (...)` (no column list) or reads `SELECT *`
+    into a fixed record keeps working after setup: the tracking columns are INVISIBLE."""
+    node, register, server = pair
+    app = raw(register)
+    try:
+        app.execute("INSERT INTO item VALUES (1, 'pão', 2)")
+        app.commit()
+        assert [tuple(r) for r in app.execute("SELECT * FROM item")] == [(1, "pão", 2)]
+    finally:
+        app.close()
+    assert moved(node.sync()) == 1
+    assert rows(server, "item") == [(1, "pão", 2)]
+
+
+def test_setup_run_again_never_leaves_a_table_untracked(pair: tuple[Node, str, str]) -> None:
+    """`setup` run again while the store sells (a table added to a group): between any two of
+    its statements an update and a delete of the application are still tracked (DROP TRIGGER
+    then CREATE TRIGGER left a moment without the trigger: such a change was never sent)."""
+    from replicator.backends.base import TrackedTable
+
+    node, register, server = pair
+    execute(register, "INSERT INTO item (id, name, qty) VALUES (1, 'a', 0)")
+    backend = node.dbs["caixa"]
+    app = raw(register)
+    last = scalar(register, "SELECT repl_version FROM item WHERE id = 1")
+    ddl = backend.tracking_ddl(None, TrackedTable("item", ("id",), "repl_version"))
+    try:
+        for n, stmt in enumerate(ddl):
+            with backend.engine.begin() as conn:
+                conn.exec_driver_sql(stmt)
+            app.execute("UPDATE item SET qty = qty + 1 WHERE id = 1")
+            app.execute("INSERT INTO item (id, name, qty) VALUES (?, 'gone', 0)", 100 + n)
+            app.execute("DELETE FROM item WHERE id = ?", 100 + n)
+            app.commit()
+            version = scalar(register, "SELECT repl_version FROM item WHERE id = 1")
+            assert version > last, f"an update after {stmt.splitlines()[0]!r} was not tracked"
+            last = version
+            tombs = scalar(
+                register, f"SELECT count(*) FROM replicator_tombstone WHERE `key` = '[{100 + n}]'"
+            )
+            assert tombs == 1, f"a delete after {stmt.splitlines()[0]!r} was not tracked"
+    finally:
+        app.close()
+    node.sync()
+    assert rows(server, "item") == [(1, "a", len(ddl))]
+
+
+def test_refused_row_message_names_the_table_not_the_stage(
+    mariadb_database: Factory, pg_database: Factory, tmp_path: Path
+) -> None:
+    """A latin1 table on the register refuses a name it cannot hold: the held row's reason
+    names that table and column, without pyodbc's tuple or the stage table's name."""
+    register, server = mariadb_database(), pg_database()
+    execute(
+        register,
+        "CREATE TABLE item (id integer PRIMARY KEY, name varchar(20), qty integer) "
+        "CHARACTER SET latin1",
+    )
+    execute(server, ITEM_DDL)
+    down = ITEMS.replace("register_to_server", "server_to_register")
+    node = Node(write_node(tmp_path, server, register, {"itens": down}))
+    node.setup()
+    execute(server, "INSERT INTO item VALUES (1, 'José', 1), (2, 'Łódź', 2)")
+    node.sync()
+    assert rows(register, "item") == [(1, "José", 1)]
+    reason = scalar(register, "SELECT reason FROM replicator_quarantine")
+    assert "replicator_stage" not in reason and "`item`.`name`" in reason, reason
+    assert reason.endswith("(1366) (SQLSTATE 22007)") and "('" not in reason, reason
+    assert "[ma-" not in reason and "SQLExecDirect" not in reason, reason
+    node.close()
+
+
+def test_a_database_that_does_not_exist_is_transient(mariadb_database: Factory) -> None:
+    """As on PostgreSQL (exit 4): a register's database is missing while a backup is
+    restored into it; the service retries it soon, it does not wait as NEEDS ATTENTION."""
+    url = sa.engine.make_url(mariadb_database()).set(database="repl_mdb_nosuch_db")
+    backend = open_backend(url, "caixa")
+    with pytest.raises(sa.exc.DBAPIError) as caught:
+        backend.engine.connect()
+    error = backend.classify(caught.value)
+    assert isinstance(error, TransientError) and error.exit_code == 4, error
+    assert "Unknown database 'repl_mdb_nosuch_db' (1049) (SQLSTATE 42000)" in str(error)
+    backend.dispose()
+
+
+def test_cast_to_an_exact_number_keeps_cents(mariadb_database: Factory) -> None:
+    """The closing sums a TEXT (or FLOAT) amount column as CAST(... AS DECIMAL): MariaDB takes
+    that as DECIMAL(10,0), so '10.50' counted as 11 and 12345678901.99 as 9999999999."""
+    url = mariadb_database()
+    execute(url, "CREATE TABLE sale (id int PRIMARY KEY, total text, price double)")
+    execute(url, "INSERT INTO sale VALUES (1, '10.50', 0.1), (2, '12345678901.99', 0.2)")
+    backend = open_backend(sa.engine.make_url(url), "caixa")
+    with backend.engine.connect() as conn:
+        sale = backend.table(conn, "sale")
+        total = sa.func.sum(sa.cast(sale.c.total, sa.Numeric()))
+        price = sa.func.sum(sa.func.round(sa.cast(sale.c.price, sa.Numeric()), 2))
+        got = conn.execute(sa.select(total, price)).one()
+    assert Decimal(got[0]) == Decimal("12345678912.49") and Decimal(got[1]) == Decimal("0.3")
+    backend.dispose()
+
+
+def test_setup_behind_an_open_sale_gives_up_soon(pair: tuple[Node, str, str]) -> None:
+    """`setup` (ALTER TABLE) behind a sale that is still open waits for its metadata lock at
+    most the lock timeout, then fails as transient: waiting a year (MariaDB's default) would
+    queue every later statement of the point of sale on that table behind it."""
+    from replicator.tracking import install
+
+    node, register, _server = pair
+    failures: list[BaseException] = []
+
+    def setup() -> None:
+        try:
+            install(node.settings, node.dbs, ["caixa"])
+        except Exception as exc:
+            failures.append(exc)
+
+    sale = raw(register)
+    worker = threading.Thread(target=setup, daemon=True)
+    try:
+        sale.execute("SELECT * FROM item").fetchall()  # a transaction that read it: open
+        worker.start()
+        worker.join(20)
+        waited_on = worker.is_alive()
+    finally:
+        sale.rollback()
+        sale.close()
+        worker.join(60)
+    assert not waited_on, "setup still waits for the open sale's metadata lock"
+    assert len(failures) == 1 and isinstance(failures[0], TransientError), failures
+
+
+def test_connect_to_a_link_that_says_nothing_ends(mariadb_database: Factory) -> None:
+    """A link that accepts and then says nothing (a register's database behind a dead NAT):
+    connecting fails as transient within the connect timeout. READ_TIMEOUT does not cover the
+    server's greeting and pyodbc's login timeout does not reach the driver: the connect, and
+    the service's job with it, waited forever (seen: 23 minutes, health still "ok")."""
+    url = sa.engine.make_url(mariadb_database())
+    with Proxy(url.port or 3306) as proxy:
+        backend = open_backend(url.set(port=proxy.port), "caixa")
+        proxy.stall()
+        failures: list[BaseException] = []
+
+        def connect() -> None:
+            try:
+                backend.engine.connect().close()
+            except sa.exc.DBAPIError as exc:
+                failures.append(backend.classify(exc))
+
+        worker = threading.Thread(target=connect, daemon=True)
+        worker.start()
+        worker.join(30)
+        still = worker.is_alive()
+        proxy.restore()
+    assert not still, "connect still waits on a silent link"
+    assert len(failures) == 1 and isinstance(failures[0], TransientError), failures
     backend.dispose()

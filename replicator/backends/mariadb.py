@@ -22,6 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import Cast
 
 from replicator.backends.base import (
     PURGE_PAGE,
@@ -35,7 +37,7 @@ from replicator.backends.base import (
     first_line,
     key_chunk,
 )
-from replicator.backends.odbc import braced, odbc_error
+from replicator.backends.odbc import braced, odbc_error, readable
 from replicator.errors import BusyError, ConfigError, ReplicatorError
 from replicator.quarantine import REFUSED, WAITING
 from replicator.state import now
@@ -50,15 +52,21 @@ SQL_MODE = (
 )
 ORIGIN_VARIABLE = "@replicator_origin"
 LINK_TIMEOUT = 300  # seconds a read or write on the socket may wait (Connector/ODBC)
+# seconds a connect may take, handshake included: pyodbc's login timeout does not reach
+# Connector/ODBC, and READ_TIMEOUT does not cover the server's greeting, so a link that
+# accepts and says nothing held `connect` (and the job) forever
+CONNECT_TIMEOUT = 10
 STAGE_ROWS = 1000  # rows per multi-row INSERT into a stage table
 MAX_PARAMS = 65535  # placeholders per statement (MariaDB's prepared statements)
 
 # MariaDB error numbers. Transient: lock wait timeout, deadlock, too many connections,
 # shutdown in progress, connection killed, statement timeout, query interrupted, network and
 # client-side connection failures (2002 can't connect ... 2055 lost connection).
+# 1049 (unknown database) too, as for the other backends: a register's database is missing
+# while it is restored from a backup (dropped, created again, loaded).
 TRANSIENT_CODES = {
-    1040, 1053, 1158, 1159, 1160, 1161, 1203, 1205, 1213, 1317, 1637, 1927, 1969, 2002, 2003,
-    2005, 2006, 2013, 2055, 4031,
+    1040, 1049, 1053, 1158, 1159, 1160, 1161, 1203, 1205, 1213, 1317, 1637, 1927, 1969, 2002,
+    2003, 2005, 2006, 2013, 2055, 4031,
 }  # fmt: skip
 # Refused rows: data that this table will not take (duplicate, NULL into NOT NULL, too long,
 # out of range, truncated or incorrect value, no default, check constraint, a parent row
@@ -69,7 +77,7 @@ REFUSED_CODES = {
 }  # fmt: skip
 WAITING_CODES = {1452}  # a child row whose parent is missing (it may arrive later)
 DISCONNECT_CODES = {1927, 2006, 2013, 2045, 2055, 4031}  # killed, gone, lost, idle timeout
-PERMANENT_CODES = {1044, 1045, 1046, 1049, 1054, 1142, 1143, 1146, 1227, 1370}
+PERMANENT_CODES = {1044, 1045, 1046, 1054, 1142, 1143, 1146, 1227, 1370}
 DRIVER_REFUSED = {"HY105", "HY004", "HY090"}  # invalid parameter type, data type, length
 TRANSIENT_STATES = {"40001", "HYT00", "HYT01"}
 CONNECT_STATES = {"IM002", "IM003", "IM004"}  # driver manager: no such DSN/driver, can't load
@@ -109,6 +117,8 @@ def odbc_string(url: URL) -> str:
             # a link that says nothing (a NAT that forgot us, a cable pulled) ends a statement
             # after this many seconds, as a lost connection (2013), instead of never
             parts.append(f"{name}={LINK_TIMEOUT}")
+    if "CONN_TIMEOUT" not in given:
+        parts.append(f"CONN_TIMEOUT={CONNECT_TIMEOUT}")
     if url.password:  # from password_env / password_file: never in a message or log
         parts.append(f"PWD={braced(str(url.password))}")
     return ";".join(parts)
@@ -156,6 +166,19 @@ def _read_time(raw: bytes | None) -> time | timedelta | None:
     return sign * span
 
 
+@compiles(Cast, "mariadb")
+@compiles(Cast, "mysql")
+def _exact_cast(element: Cast[Any], compiler: Any, **kw: Any) -> str:
+    """`CAST(x AS DECIMAL)` without a precision is DECIMAL(10,0) here: text such as '10.50'
+    becomes 11 and anything past ten digits is clipped, without an error in a SELECT. The core
+    means an exact number (the closing's sums of a TEXT or FLOAT amount column): the widest
+    decimal MariaDB has."""
+    kind = element.type
+    if isinstance(kind, sa.Numeric) and not isinstance(kind, sa.Float) and kind.precision is None:
+        element = Cast(element.clause, sa.Numeric(65, 30))
+    return str(compiler.visit_cast(element, **kw))
+
+
 # what pyodbc binds through Connector/ODBC as it is (bool is an int)
 _BINDABLE = (str, int, float, Decimal, bytes, bytearray, date, time, timedelta)
 
@@ -190,6 +213,8 @@ class MariaDBBackend(Backend):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.clock_table = f"{self.control_prefix}clock"
+        # stage table -> target table, so that a message names the table a person knows
+        self._stages: dict[str, str] = {}
         _fit_control_tables(self.ct.metadata)
 
     def pause_after(self, held: float) -> float:
@@ -206,7 +231,13 @@ class MariaDBBackend(Backend):
             raw.add_output_converter(pyodbc.SQL_TYPE_TIME, _read_time)
             raw.timeout = 600  # a statement that runs longer than 10 minutes is cut
             cur = raw.cursor()
-            cur.execute(f"SET SESSION sql_mode = '{SQL_MODE}', innodb_lock_wait_timeout = {wait}")
+            # lock_wait_timeout bounds a metadata lock wait too (default: a year): `setup`'s
+            # ALTER TABLE behind an open sale fails soon instead of queueing every later
+            # statement of the point of sale on that table behind it
+            cur.execute(
+                f"SET SESSION sql_mode = '{SQL_MODE}', innodb_lock_wait_timeout = {wait}, "
+                f"lock_wait_timeout = {wait}"
+            )
             # fewer gap locks on a register's tables while the replicator writes them
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             cur.close()
@@ -228,9 +259,12 @@ class MariaDBBackend(Backend):
         def _disconnect(context: Any) -> None:
             # pyodbc's connector hides the MySQL dialect's own test: a connection that is gone
             # (server restarted, link cut) is dropped from the pool, also at pre-ping
-            state, native, _ = odbc_error(context.original_exception)
+            orig = context.original_exception
+            state, native, _ = odbc_error(orig)
             if native in DISCONNECT_CODES or state[:2] == "08":
                 context.is_disconnect = True
+            if isinstance(orig, pyodbc.Error):
+                readable(orig, {f"`{k}`": f"`{v}`" for k, v in self._stages.items()})
 
         @event.listens_for(engine, "before_cursor_execute", retval=True)
         def _bind(
@@ -393,7 +427,7 @@ class MariaDBBackend(Backend):
         out = [header.read_text(encoding="utf-8").strip()]
         for stmt in statements:
             text = stmt.strip().removesuffix(";")
-            if text.upper().startswith("CREATE TRIGGER"):
+            if re.match(r"CREATE\s+(OR\s+REPLACE\s+)?TRIGGER\b", text, re.IGNORECASE):
                 out.append(f"DELIMITER $$\n{text}$$\nDELIMITER ;")
             else:
                 out.append(text + ";")
@@ -507,6 +541,7 @@ class MariaDBBackend(Backend):
         decimals as floats and text in the wrong encoding through Connector/ODBC)."""
         digest = hashlib.sha1(f"{table.fullname}:{','.join(columns)}".encode()).hexdigest()
         bare = f"replicator_stage_{digest[:12]}"
+        self._stages[bare] = table.name
         name = self.quote(bare)
         cols = ", ".join(self.quote(c) for c in columns)
         conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {name}")

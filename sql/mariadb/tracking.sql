@@ -18,11 +18,16 @@
 --   the replicator sets the session variable @replicator_origin in its write transactions and
 --   clears it after, so its writes are not sent back to where they came from (no echo).
 -- MariaDB triggers cannot update their own table: BEFORE INSERT/UPDATE triggers set NEW.
+-- CREATE OR REPLACE TRIGGER replaces a trigger in one step: a `setup` run again on a store
+--   that sells never leaves a moment without it (DROP TRIGGER then CREATE TRIGGER would: a
+--   write in between would get no version and no tombstone, and never be replicated).
 -- An update that changes the key records the old key as deleted. REPLACE INTO fires the
 --   delete trigger for the row it displaces. Foreign key cascades (ON DELETE CASCADE) fire no
 --   triggers in InnoDB: rows deleted by a cascade are not seen; see docs/mariadb.md.
-ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {version} BIGINT NULL,
-    ADD COLUMN IF NOT EXISTS {origin} VARCHAR(200) NULL;
+-- INVISIBLE: `SELECT *` and `INSERT INTO t VALUES (...)` without a column list, as a POS
+--   application may write them, see the table as it was before setup (MariaDB 10.3+).
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {version} BIGINT NULL INVISIBLE,
+    ADD COLUMN IF NOT EXISTS {origin} VARCHAR(200) NULL INVISIBLE;
 
 -- The rows that are there before tracking: one version for all of them.
 UPDATE {clock_table} SET {clock_version} = {clock_version} + 1
@@ -33,18 +38,14 @@ UPDATE {table} SET {version} = (SELECT {clock_version} FROM {clock_table} WHERE 
 
 CREATE INDEX IF NOT EXISTS {version_index} ON {table} ({version}, {key_columns});
 
-DROP TRIGGER IF EXISTS {insert_trigger};
-
-CREATE TRIGGER {insert_trigger} BEFORE INSERT ON {table} FOR EACH ROW
+CREATE OR REPLACE TRIGGER {insert_trigger} BEFORE INSERT ON {table} FOR EACH ROW
 BEGIN
     UPDATE {clock_table} SET {clock_version} = {clock_version} + 1 WHERE id = 1;
     SET NEW.{version} = (SELECT {clock_version} FROM {clock_table} WHERE id = 1);
     SET NEW.{origin} = @replicator_origin;
 END;
 
-DROP TRIGGER IF EXISTS {update_trigger};
-
-CREATE TRIGGER {update_trigger} BEFORE UPDATE ON {table} FOR EACH ROW
+CREATE OR REPLACE TRIGGER {update_trigger} BEFORE UPDATE ON {table} FOR EACH ROW
 BEGIN
     UPDATE {clock_table} SET {clock_version} = {clock_version} + 1 WHERE id = 1;
     SET NEW.{version} = (SELECT {clock_version} FROM {clock_table} WHERE id = 1);
@@ -56,9 +57,7 @@ BEGIN
     END IF;
 END;
 
-DROP TRIGGER IF EXISTS {tombstone_trigger};
-
-CREATE TRIGGER {tombstone_trigger} AFTER DELETE ON {table} FOR EACH ROW
+CREATE OR REPLACE TRIGGER {tombstone_trigger} AFTER DELETE ON {table} FOR EACH ROW
 BEGIN
     UPDATE {clock_table} SET {clock_version} = {clock_version} + 1 WHERE id = 1;
     INSERT INTO {tombstone_table} (table_name, {tombstone_key}, version, origin)
