@@ -11,7 +11,7 @@ from sqlalchemy import exc as sa_exc
 from replicator.backends import Backend
 from replicator.backends.base import first_line
 from replicator.config import Job, Settings
-from replicator.errors import ReplicatorError
+from replicator.errors import ConfigError, ReplicatorError
 from replicator.mapping import FromColumn
 from replicator.preflight import cannot_connect
 from replicator.resync_drift import drift_of
@@ -41,7 +41,11 @@ def run_check(settings: Settings, databases: Databases) -> Report:
             reachable.add(name)
             report.checked.append(f"database {name}: {backend.display_url} reachable")
         except sa_exc.SQLAlchemyError as exc:
-            report.errors.append(str(cannot_connect(name, backend, first_line(exc))))
+            sorted_ = backend.classify(exc)
+            if isinstance(sorted_, ConfigError):  # a driver or data source that is not there
+                report.errors.append(f"database {name!r}: {sorted_}")
+            else:
+                report.errors.append(str(cannot_connect(name, backend, first_line(exc))))
     grants = Grants()
     for job in settings.jobs(list(settings.groups)):
         if not {job.source, job.target} <= reachable:

@@ -368,13 +368,14 @@ class Settings:
 
     def timezone(self, database: str) -> str:
         """The IANA zone of a database's naive timestamps (local time there): its own
-        `timezone`; for SQLite, else `[node] timezone`, else this machine's zone; for
-        PostgreSQL, else UTC, the zone of the replicator's sessions (timestamptz values are
-        instants either way, `timestamp without time zone` values stay naive)."""
+        `timezone`; for PostgreSQL, else UTC, the zone of the replicator's sessions
+        (timestamptz values are instants either way, `timestamp without time zone` values
+        stay naive); for the others (SQLite, MariaDB, Firebird, SQL Server: registers whose
+        POS writes its wall clock), else `[node] timezone`, else this machine's zone."""
         db = self.config.databases[database]
         if db.timezone:
             return db.timezone
-        if make_url(db.url).get_backend_name() != "sqlite":
+        if make_url(db.url).get_backend_name() == "postgresql":
             return UTC_NAME
         return self.config.node.timezone or local_timezone()
 

@@ -38,11 +38,16 @@ def sqlite_files(settings: Settings, databases: Databases, names: Iterable[str])
 
 
 def connect_problem(backend: Backend) -> str | None:
-    """The first line of the driver's error when the database cannot be reached, else None."""
+    """The first line of the driver's error when the database cannot be reached, else None.
+    A failure the backend sorts as a configuration mistake (an ODBC driver or data source
+    that does not exist) is raised as it is: retrying would not help, the config must change."""
     try:
         with backend.engine.connect() as conn:
             backend.ping(conn)
     except sa_exc.SQLAlchemyError as exc:
+        sorted_ = backend.classify(exc)
+        if isinstance(sorted_, ConfigError):
+            raise sorted_ from None
         return first_line(exc)
     return None
 

@@ -857,3 +857,51 @@ def test_connect_to_a_link_that_says_nothing_ends(mariadb_database: Factory) -> 
     assert not still, "connect still waits on a silent link"
     assert len(failures) == 1 and isinstance(failures[0], TransientError), failures
     backend.dispose()
+
+
+def test_wrong_driver_is_a_config_error_in_every_command(
+    mariadb_database: Factory, pg_database: Factory, tmp_path: Path
+) -> None:
+    """A driver name that /etc/odbcinst.ini does not know: check, status, setup and sync all
+    say so as a configuration error naming the package, never as a server that does not
+    answer (which the service would retry for ever)."""
+    register, server = mariadb_database(), pg_database()
+    url = sa.engine.make_url(register).update_query_dict({"driver": "MariaDB Nowhere"})
+    config = write_node(
+        tmp_path, server, url.render_as_string(hide_password=False), {"itens": ITEMS}
+    )
+    base = [sys.executable, "-m", "replicator.cli", "-c", str(config)]
+    for command in ("check", "status", "setup", "sync"):
+        run = subprocess.run([*base, command], capture_output=True, text=True, timeout=120)
+        said = run.stdout + run.stderr
+        # check reports it among its problems (exit 3); the others stop on it (exit 2)
+        assert run.returncode == (3 if command == "check" else 2), f"{command}: {said}"
+        assert "apt install unixodbc odbc-mariadb" in said, f"{command}: {said}"
+        assert "check that the server runs" not in said, f"{command}: {said}"
+
+
+def test_register_datetimes_are_local_time_of_the_node_zone(
+    mariadb_database: Factory, pg_database: Factory, tmp_path: Path
+) -> None:
+    """A POS writes its wall clock into DATETIME: with `[node] timezone` São Paulo, a sale at
+    22:30 on the register is 01:30 UTC of the next day in the server's timestamptz column
+    (not 22:30 UTC, which would put evening sales three hours early in the closing)."""
+    register, server = mariadb_database(), pg_database()
+    execute(register, "CREATE TABLE sale (id integer PRIMARY KEY, sold_at datetime(6))")
+    execute(server, "CREATE TABLE sale (id integer PRIMARY KEY, sold_at timestamptz)")
+    mapping = "group: vendas\ndirection: register_to_server\ntables:\n  - source: sale\n"
+    config = write_node(tmp_path, server, register, {"vendas": mapping + "    key: [id]\n"})
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace("store_id = 1\n", 'store_id = 1\ntimezone = "America/Sao_Paulo"\n', 1),
+        encoding="utf-8",
+    )
+    node = Node(config)
+    try:
+        node.setup()
+        execute(register, "INSERT INTO sale (id, sold_at) VALUES (1, '2026-12-02 22:30:00.25')")
+        node.sync("vendas")
+    finally:
+        node.close()
+    [(sold_at,)] = [(r[1],) for r in rows(server, "sale")]
+    assert sold_at == datetime(2026, 12, 3, 1, 30, 0, 250000, tzinfo=UTC)
