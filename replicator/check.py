@@ -402,7 +402,8 @@ def _category(t: sa.types.TypeEngine[object]) -> str | None:
         kind = t.python_type
     except NotImplementedError:
         return None
-    if kind is bool:
+    # MariaDB's and MySQL's BOOLEAN is TINYINT(1): the driver writes True/False as 1/0
+    if kind is bool or (type(t).__name__ == "TINYINT" and getattr(t, "display_width", 0) == 1):
         return "bool"
     if kind in (int, float) or kind.__name__ == "Decimal":
         return "number"

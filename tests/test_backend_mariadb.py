@@ -905,3 +905,34 @@ def test_register_datetimes_are_local_time_of_the_node_zone(
         node.close()
     [(sold_at,)] = [(r[1],) for r in rows(server, "sale")]
     assert sold_at == datetime(2026, 12, 3, 1, 30, 0, 250000, tzinfo=UTC)
+
+
+def test_boolean_and_tinyint_1_are_the_same_kind_for_check_and_sync(
+    mariadb_database: Factory, pg_database: Factory, tmp_path: Path
+) -> None:
+    """MariaDB's BOOLEAN is TINYINT(1): `check` accepts it against a PostgreSQL boolean
+    (both ways) and sync moves the flags."""
+    register, server = mariadb_database(), pg_database()
+    execute(register, "CREATE TABLE produto (id integer PRIMARY KEY, ativo BOOLEAN)")
+    execute(register, "CREATE TABLE venda (id integer PRIMARY KEY, paga tinyint(1))")
+    execute(server, "CREATE TABLE produto (id integer PRIMARY KEY, ativo boolean)")
+    execute(server, "CREATE TABLE venda (id integer PRIMARY KEY, paga boolean)")
+    down = "group: cadastros\ndirection: server_to_register\ntables:\n  - source: produto\n"
+    up = "group: movimento\ndirection: register_to_server\ntables:\n  - source: venda\n"
+    config = write_node(
+        tmp_path,
+        server,
+        register,
+        {"cadastros": down + "    key: [id]\n", "movimento": up + "    key: [id]\n"},
+    )
+    base = [sys.executable, "-m", "replicator.cli", "-c", str(config)]
+    for command in ("setup", "check"):
+        run = subprocess.run([*base, command], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "ativo" not in run.stdout + run.stderr and "paga" not in run.stdout + run.stderr
+    execute(server, "INSERT INTO produto VALUES (1, true), (2, false)")
+    execute(register, "INSERT INTO venda (id, paga) VALUES (1, 1), (2, 0)")
+    run = subprocess.run([*base, "sync"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert rows(register, "produto") == [(1, 1), (2, 0)]
+    assert rows(server, "venda") == [(1, True), (2, False)]
