@@ -330,7 +330,8 @@ def write_store_example(directory: Path, register: _Db | None, server: _Db | Non
 
 
 def _decisions(directory: Path, written: list[Path]) -> list[str]:
-    """`file:line: table: reason` of every DECIDE comment written (its lines joined)."""
+    """`file:line: table: reason` of every DECIDE comment written (its lines joined, whole:
+    output to a pipe or a file is never cut)."""
     found: list[list[str]] = []
     for path in written:
         if path.suffix not in (".yaml", ".toml", ".draft"):
@@ -348,10 +349,7 @@ def _decisions(directory: Path, written: list[Path]) -> list[str]:
                 found[-1][2] += " " + text.removeprefix("#").strip()
             else:
                 open_comment = False
-    return [
-        f"{place}: {table}{reason if len(reason) <= 100 else reason[:99].rstrip() + '…'}"
-        for place, table, reason in found
-    ]
+    return [f"{place}: {table}{reason}" for place, table, reason in found]
 
 
 def _next_steps(directory: Path, example_only: bool, out: Any) -> None:

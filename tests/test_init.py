@@ -62,6 +62,10 @@ def test_example_store_drafts_pass_check_and_sync_both_ways(
     code, out = run("init", "--register", register, "--server", server, "--dir", str(out_dir))
     assert code == 0, out
     assert "check: the drafts pass" in out
+    # the list of decisions carries each whole reason (piped output is never cut)
+    listed = out.split("decisions are left to you", 1)[1]
+    assert "…" not in listed
+    assert "job progress is keyed by it" in listed and "never changed" in listed
     cadastros = load_mapping(out_dir / "mappings" / "cadastros.yaml")
     movimento = load_mapping(out_dir / "mappings" / "movimento.yaml")
     assert cadastros.direction == "server_to_register"
