@@ -4,6 +4,8 @@ would overwrite what an earlier incarnation of the source wrote held as conflict
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -18,7 +20,7 @@ from replicator.codec import Codec
 from replicator.position import Position
 from replicator.quarantine import CONFLICT, REFUSED, WAITING, Budget, Quarantine
 from replicator.transform import TablePlan
-from replicator.values import unreadable_check
+from replicator.values import Lenient, Unreadable, unreadable_check
 
 T = TypeVar("T")
 ONE_BY_ONE_AFTER = 16  # refused rows found in one page before the rest is tried row by row
@@ -70,6 +72,7 @@ class Applier:
         self.log = logger.bind(job=job)
         self._adapters: dict[str, Callable[[Row], Row] | None] = {}
         self._checks: dict[str, Callable[[Row], None] | None] = {}
+        self._lenient: dict[str, list[int]] = {}  # per table: columns read leniently
 
     def _adapter(self, plan: TablePlan, key: bool = False) -> Callable[[Row], Row] | None:
         """Values in the form the target's columns declare (time zones, exact text...)."""
@@ -87,7 +90,31 @@ class Applier:
             types = [expr.type for expr in plan.select]
             target = self.target.row_check(plan.target, plan.columns, types)
             self._checks[name] = unreadable_check(plan.columns, types, target)
+            if target is None:  # only unreadable values to look for: see _clean
+                self._lenient[plan.label] = [
+                    i for i, t in enumerate(types) if isinstance(t, Lenient)
+                ]
         return self._checks[name]
+
+    def _clean(self, plan: TablePlan, rows: Sequence[Row]) -> bool:
+        """Whether the page has nothing for the check to refuse: its only check looks for
+        unreadable values and there is none (one pass in C over the page instead of a
+        Python call per row)."""
+        positions = self._lenient.get(plan.label)
+        if not positions:
+            return False
+        pick = operator.itemgetter(*positions)
+        values = (
+            itertools.chain.from_iterable(map(pick, rows))
+            if len(positions) > 1
+            else map(pick, rows)
+        )
+        return Unreadable not in set(map(type, values))
+
+    def streamable(self, plan: TablePlan) -> bool:
+        """Whether rows of this table can be written as they come, with no work per row in
+        Python (no value check, no adapter of time zones or exact text)."""
+        return self._check(plan) is None and self._adapter(plan) is None
 
     def _checked(
         self,
@@ -130,7 +157,7 @@ class Applier:
         """Write one page of mapped rows (with their source keys and versions)."""
         plan = tr.plan
         check = self._check(plan)
-        if check is not None:
+        if check is not None and not self._clean(plan, rows):
             rows, source_keys, versions = self._checked(
                 conn, tr, check, rows, source_keys, versions
             )
@@ -490,6 +517,11 @@ class Applier:
                     fn(part)
                 continue
             except Exception as exc:  # driver, SQLAlchemy or value errors: sorted just below
+                if getattr(exc, "try_again", False):
+                    # the backend writes these rows another way next time (PostgreSQL: the
+                    # upsert after a direct COPY met an existing key)
+                    stack.append(part)
+                    continue
                 state = self.target.row_error(exc)
                 if state is None:
                     raise

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from replicator.backends import Backend
 from replicator.backends.base import ORIGIN_COLUMN, Row, chunks, key_chunk
@@ -43,6 +44,7 @@ class Reader:
         self.target_node = target_node
         self.page_rows = page_rows
         self.same_kind = same_kind
+        self._probes: dict[tuple[str, ...], SQLCompiler] = {}  # see `active`
 
     def as_text(self, plan: TablePlan, compares: bool) -> bool:
         """Values may stay text when the target parses the same text (same kind of database)
@@ -93,6 +95,38 @@ class Reader:
                 f"{self.source.display_url}: table {plan.mapping.source!r}: a value could not "
                 f"be read ({exc}); correct that row at the source"
             ) from exc
+
+    def copy_select(
+        self, plan: TablePlan, after: Position, upto: int, end: Position | None = None
+    ) -> sa.Select[Any]:
+        """The mapped columns of the changed rows after `after` with versions <= `upto` (and
+        at or before the position `end`), in no order: what one COPY stream carries."""
+        stmt = (
+            sa.select(*plan.select)
+            .where(self._after(plan, after), plan.version <= upto, self._not_echo(plan))
+            .where(*plan.filters)
+        )
+        if end is not None:
+            stmt = stmt.where(sa.not_(self._after(plan, end)))
+        return stmt
+
+    def page_end(
+        self, conn: Connection, plan: TablePlan, after: Position, upto: int, rows: int
+    ) -> Position | None:
+        """The position of the `rows`-th changed row after `after` (an index probe), or None
+        when fewer are left: where one short commit of COPY streams ends."""
+        stmt = (
+            sa.select(plan.version, *plan.source_key)
+            .where(self._after(plan, after), plan.version <= upto, self._not_echo(plan))
+            .where(*plan.filters)
+            .order_by(plan.version, *plan.source_key)
+            .offset(rows - 1)
+            .limit(1)
+        )
+        row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        return Position(int(row[0]), plan.source_codec.text(tuple(row[1:])))
 
     def tombstones(
         self, conn: Connection, plan: TablePlan, after: Position, upto: int
@@ -180,6 +214,82 @@ class Reader:
                 if count >= batch_rows:
                     cut = min(cut, int(last))
         return cut
+
+    def active(
+        self,
+        conn: Connection,
+        plans: Sequence[TablePlan],
+        rows_after: dict[str, Position],
+        tombs_after: dict[str, Position],
+        bound: int,
+    ) -> list[TablePlan]:
+        """The tables with changes at or below `bound`: one round trip for all of them where
+        the dialect takes a SELECT of EXISTS columns (an idle cycle costs one query, not one
+        or two per table), else one probe per table. The statement is built once per set
+        of tables, with parameters (built afresh each cycle it cost more than the query).
+
+        A position inside a version (a key) probes the whole version: at worst a table is
+        taken as active when it is not, and its batch finds nothing and ends the version."""
+        if self.source.dialect not in {"postgresql", "sqlite"} or len(plans) < 2:
+            return [
+                p
+                for p in plans
+                if self.has_changes(conn, p, rows_after[p.label], tombs_after[p.label], bound)
+            ]
+        labels = tuple(p.label for p in plans)
+        compiled = self._probes.get(labels)
+        if compiled is None:
+            compiled = self._probe(plans).compile(dialect=conn.dialect)
+            assert isinstance(compiled, SQLCompiler)
+            self._probes[labels] = compiled
+        params: dict[str, Any] = {**compiled.params, "bound": bound, "node": self.target_node}
+        for i, plan in enumerate(plans):
+            rows, tombs = rows_after[plan.label], tombs_after[plan.label]
+            params[f"v{i}"] = rows.version - (1 if rows.key is not None else 0)
+            params[f"tv{i}"], params[f"tid{i}"] = tombs.version, tombs.tie
+            params[f"n{i}"] = plan.mapping.source
+        # compiled once: the driver gets the SQL text and plain values (ints and strings)
+        args: Any = (
+            tuple(params[name] for name in compiled.positiontup or ())
+            if compiled.positional
+            else params
+        )
+        row = conn.exec_driver_sql(compiled.string, args).one()
+        return [plan for plan, hit in zip(plans, row, strict=True) if hit]
+
+    def _probe(self, plans: Sequence[TablePlan]) -> sa.Select[Any]:
+        tomb = self.source.ct.tombstone.c
+        bound = sa.bindparam("bound", type_=sa.BigInteger)
+        node = sa.bindparam("node", type_=sa.String)
+        columns = []
+        for i, plan in enumerate(plans):
+            found: sa.ColumnElement[bool] = (
+                sa.select(sa.literal(1))
+                .where(plan.version > sa.bindparam(f"v{i}", type_=sa.BigInteger))
+                .where(plan.version <= bound)
+                .exists()
+            )
+            if plan.deletes:
+                tv = sa.bindparam(f"tv{i}", type_=sa.BigInteger)
+                tombs = (
+                    sa.select(sa.literal(1))
+                    .where(
+                        tomb.table_name == sa.bindparam(f"n{i}", type_=sa.String),
+                        sa.or_(
+                            tomb.version > tv,
+                            sa.and_(
+                                tomb.version == tv,
+                                tomb.id > sa.bindparam(f"tid{i}", type_=sa.BigInteger),
+                            ),
+                        ),
+                        tomb.version <= bound,
+                        sa.or_(tomb.origin.is_(None), tomb.origin != node),
+                    )
+                    .exists()
+                )
+                found = sa.or_(found, tombs)
+            columns.append(sa.case((found, 1), else_=0).label(f"t{i}"))
+        return sa.select(*columns)
 
     def has_changes(
         self,

@@ -13,6 +13,10 @@ A batch reads in one source snapshot, below the source's safe bound. Two shapes:
   sale gets the lock), parents before children, positions `(version, key)` committed with
   each, so one huge version (setup, a store-wide price update) never blocks a sale.
 
+PostgreSQL to PostgreSQL, rows travel as COPY streams (the source's `COPY (SELECT ...) TO
+STDOUT` into the target's `COPY ... FROM STDIN`, never decoded) whenever the mapping needs no
+per-row work in Python: see `_streamable`. Elsewhere they are read and written page by page.
+
 Before a batch is applied the source is told (its `ack` row) which batch the job is applying;
 a source whose acknowledgement is behind what the target applied was restored from a backup,
 and one with another identity was replaced: see `_identity`.
@@ -36,6 +40,7 @@ from sqlalchemy.engine import Connection
 from replicator.apply import Applier, TableRound, Tally
 from replicator.backends import Backend, open_backend
 from replicator.backends.base import Row
+from replicator.backends.postgresql import PostgreSQLBackend
 from replicator.codec import Codec
 from replicator.config import Job, Settings
 from replicator.errors import BusyError, CheckError, PermanentError, ReplicatorError
@@ -61,6 +66,8 @@ from replicator.transform import TablePlan, build_plan
 
 T = TypeVar("T")
 DONE = 2**62  # a tombstone position's tie when its whole version is done
+DIRECT_WAIT = 16  # batches through the stage after a direct COPY met an existing key
+STREAM_FACTOR = 10  # an atomic batch of COPY streams takes this many times batch_rows
 
 
 @dataclass
@@ -176,6 +183,15 @@ class JobRunner:
         self.current_prints: dict[str, MappingPrint] = {}  # the mapping as loaded now
         self._drift_warned: set[str] = set()
         self._prints_due = False  # read the stored fingerprints with the next target state
+        # PostgreSQL to PostgreSQL: rows go as COPY blocks when the mapping allows (see
+        # _streamable); per table, batches left before a direct COPY is tried again
+        self.copy_through = isinstance(self.source, PostgreSQLBackend) and isinstance(
+            self.target, PostgreSQLBackend
+        )
+        self._direct_wait: dict[str, int] = {}
+        self.stream_batches = self.copy_through and "batch_rows" not in (
+            settings.config.sync.model_fields_set
+        )
 
     def _reverse_jobs(self, settings: Settings) -> dict[str, tuple[str, str, str]]:
         """Two-way tables: per table label, the job that copies the same rows the other way
@@ -286,7 +302,8 @@ class JobRunner:
     def _drift(self) -> None:
         """The mapping's fingerprints as loaded now; the stored ones are read with the
         target state of the run's first batch (same connection, no extra round trip)."""
-        self.current_prints = {p.label: table_print(p) for p in self.plans()}
+        if not self.current_prints:  # the plans are the runner's for its whole life
+            self.current_prints = {p.label: table_print(p) for p in self.plans()}
         self._prints_due = True
 
     def _read_prints(self, conn: Connection) -> None:
@@ -312,6 +329,11 @@ class JobRunner:
         error = None if only_tables or result.error is None else str(result.error)
         try:
             with self.target.engine.connect() as conn, conn.begin():
+                if isinstance(self.target, PostgreSQLBackend):
+                    # a status record, written again at the next run: its commit does not
+                    # wait for the disk (the flush was most of an idle run's time). Positions
+                    # and rows commit in the batch's own transaction, flushed as always.
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 record_run(conn, self.target.ct, self.job.name, error, ok=not only_tables)
         except sa_exc.SQLAlchemyError:
             pass  # the target is unreachable: the error is in the log and in the exit code
@@ -332,19 +354,13 @@ class JobRunner:
                     return True
                 rows_after = {p.label: self._rows_pos(ts, p) for p in plans}
                 tombs_after = {p.label: self._tombs_pos(ts, p) for p in plans}
-                active = [
-                    p
-                    for p in plans
-                    if self.reader.has_changes(
-                        sconn, p, rows_after[p.label], tombs_after[p.label], pos.bound
-                    )
-                ]
+                active = self.reader.active(sconn, plans, rows_after, tombs_after, pos.bound)
                 if not active and not any(ts.held.values()):
                     return None
                 cut = pos.bound
                 if not self.split and self.source.versions_are_transactions:
                     cut = self.reader.version_cut(
-                        sconn, plans, rows_after, tombs_after, pos.bound, self.batch_rows
+                        sconn, active, rows_after, tombs_after, pos.bound, self._cut_rows(ts)
                     )
                 seq = (ts.job.seq if ts.job else 0) + 1
                 confirmed = min((self._confirmed(p, ts) for p in plans), default=0)
@@ -628,6 +644,11 @@ class JobRunner:
         start = w.rows_pos[plan.label]
         if start.done_through(cut):
             return
+        if self._streamable(tr):
+            if self._copy_stream(sconn, w, tr, start, cut):
+                w.rows_pos[plan.label] = _later(w.rows_pos[plan.label], Position(cut))
+                return
+            start = w.rows_pos[plan.label]  # a split batch's streams before it committed
         n, width = plan.width, len(plan.source_key)
         w.failing_side = "source"
         pages = self.reader.rows(sconn, plan, start, cut, compares=tr.fenced)
@@ -635,6 +656,107 @@ class JobRunner:
             done = self._row_pages(chunks, w, tr, n, width)
         if done:
             w.rows_pos[plan.label] = _later(w.rows_pos[plan.label], Position(cut))
+
+    def _cut_rows(self, ts: TargetState) -> int:
+        """Changes per atomic batch: `batch_rows`; when the config leaves it at its default
+        and every table's rows go as COPY streams, STREAM_FACTOR times as many (memory does
+        not grow with the batch then, and each batch costs a dozen round trips and two
+        commits whatever its size)."""
+        if self.stream_batches and all(
+            not ts.held.get(p.label)
+            and p.label not in ts.fenced
+            and p.label not in self.reverse
+            and p.conflict.rule != "keep_target"
+            and self.applier.streamable(p)
+            for p in self.plans()
+        ):
+            return self.batch_rows * STREAM_FACTOR
+        return self.batch_rows
+
+    def _streamable(self, tr: TableRound) -> bool:
+        """Rows may travel as COPY blocks, never decoded: PostgreSQL to PostgreSQL, and
+        nothing the apply does per row in Python (held or fenced keys, two-way tables,
+        keep_target, value checks, time zone adapters)."""
+        plan = tr.plan
+        return (
+            self.copy_through
+            and not tr.held
+            and not tr.fenced
+            and tr.reverse is None
+            and plan.conflict.rule != "keep_target"
+            and self.applier.streamable(plan)
+        )
+
+    def _copy_stream(
+        self, sconn: Connection, w: _Writer, tr: TableRound, start: Position, cut: int
+    ) -> bool:
+        """The batch's rows of one table as COPY streams from the source into the target:
+        atomic, one stream for the batch; split, one per short commit, each ending at the
+        position of its last row (found first by an index probe). False when the target
+        refused a row: the page-by-page path goes on from the last commit, finds the row
+        and holds it (the savepoint undid what the stream wrote)."""
+        plan = tr.plan
+        pos = start
+        while True:
+            end = None
+            if self.split:
+                rows = self.batch_rows * (STREAM_FACTOR if self.stream_batches else 1)
+                end = self.reader.page_end(sconn, plan, pos, cut, rows)
+            select = self.reader.copy_select(plan, pos, cut, end)
+            mark = (end or Position(cut)) if self.split else None
+            if not self._copy_page(sconn, w, tr, select, mark):
+                return False
+            if end is None:
+                return True
+            pos = end
+
+    def _copy_page(
+        self, sconn: Connection, w: _Writer, tr: TableRound, select: Any, mark: Position | None
+    ) -> bool:
+        """One COPY stream: straight into the table while its keys are new (one write), else
+        through the stage and one upsert."""
+        plan = tr.plan
+        target = self.target
+        assert isinstance(target, PostgreSQLBackend)
+        label = plan.label
+
+        def upsert(insert: Any) -> Any:
+            return target.upsert_statement(
+                insert, plan.target, plan.columns, plan.target_key, plan.conflict
+            )
+
+        # after a duplicate key, the next streams of the table go through the stage a while
+        wait = self._direct_wait.get(label, 0)
+        self._direct_wait[label] = max(0, wait - 1)
+        builds: list[Any] = [upsert] if wait else [None, upsert]
+        done = False
+
+        def apply() -> None:
+            nonlocal done
+            conn = w.conn()
+            for build in builds:
+                try:
+                    with conn.begin_nested():
+                        count = target.copy_through(
+                            conn, sconn, select, plan.target, plan.columns, build, self.beat
+                        )
+                except sa_exc.DBAPIError as exc:
+                    if target.row_error(exc) is None:
+                        raise
+                    if build is None and getattr(exc.orig, "sqlstate", None) == "23505":
+                        self._direct_wait[label] = DIRECT_WAIT
+                        continue  # some keys exist: through the stage and the upsert
+                    return  # a refused row: the page-by-page path holds it
+                tr.tally.upserts += count
+                if mark is not None:
+                    w.rows_pos[label] = mark  # committed with these rows (split)
+                done = True
+                return
+
+        w.failing_side = "target"
+        w.page(tr, apply, "rows", None)
+        w.failing_side = "source"
+        return done
 
     def _row_pages(
         self, chunks: Iterator[Sequence[Row]], w: _Writer, tr: TableRound, n: int, width: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -72,8 +72,18 @@ def _ping(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """A pooled connection that no longer answers (server restarted, link cut) is replaced
     before use."""
     try:
-        dbapi_connection.execute("SELECT 1")
-        dbapi_connection.rollback()
+        if dbapi_connection.autocommit:
+            dbapi_connection.execute("SELECT 1")
+        elif dbapi_connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            # one round trip (outside a transaction there is no BEGIN and no ROLLBACK)
+            dbapi_connection.autocommit = True
+            try:
+                dbapi_connection.execute("SELECT 1")
+            finally:
+                dbapi_connection.autocommit = False
+        else:
+            dbapi_connection.execute("SELECT 1")
+            dbapi_connection.rollback()
     except psycopg.Error as exc:
         raise sa.exc.DisconnectionError(str(exc)) from exc
 
@@ -105,12 +115,25 @@ TRANSIENT_STATES = {"55P03", "55006", "40001", "40P01", "25P03"}
 # The oldest writing transaction of this database, when it is older than BLOCKER_SECONDS.
 BLOCKER_SECONDS = 60
 BLOCKER = """
-SELECT pid, application_name, usename, extract(epoch FROM now() - xact_start), state
+SELECT pid, application_name, usename, extract(epoch FROM now() - xact_start) AS age, state
   FROM pg_stat_activity
  WHERE datname = current_database() AND backend_xid IS NOT NULL
    AND pid <> pg_backend_pid() AND now() - xact_start > make_interval(secs => %(age)s)
  ORDER BY xact_start LIMIT 1
 """
+
+
+# What `source_position` reads, in one statement (the same queries as SAFE_BOUND and BLOCKER).
+POSITION = (
+    "WITH blocking AS ("
+    + BLOCKER.strip()
+    + ")\nSELECT pg_is_in_recovery(), ("
+    + SAFE_BOUND.strip()
+    + "), (SELECT incarnation FROM {incarnation} WHERE id = 1), "
+    "(SELECT seq FROM {ack} WHERE job = %(job)s), "
+    "b.pid, b.application_name, b.usename, b.age, b.state "
+    "FROM (SELECT 1) AS one LEFT JOIN blocking AS b ON true"
+)
 
 
 class PostgreSQLBackend(Backend):
@@ -124,6 +147,8 @@ class PostgreSQLBackend(Backend):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._bounds: dict[str, int] = {}  # per job: the highest bound it has read
+        # per target table: pages left before a direct COPY is tried again (see write_rows)
+        self._direct_wait: dict[str, int] = {}
 
     def create_engine(self, url: URL) -> Engine:
         if url.drivername == "postgresql":
@@ -245,13 +270,33 @@ class PostgreSQLBackend(Backend):
         self._bounds.clear()
 
     def source_position(self, conn: Connection, job: str) -> SourcePosition:
-        self.refuse_standby(conn)
-        return super().source_position(conn, job)
+        """The standby check, the safe bound, the identity, the job's acknowledgement and the
+        oldest blocking transaction, in one round trip (five queries were most of an idle
+        cycle's source side)."""
+        row = conn.exec_driver_sql(
+            POSITION.format(
+                incarnation=self.quote_table(self.ct.incarnation.fullname),
+                ack=self.quote_table(self.ct.ack.fullname),
+            ),
+            {"job": job, "age": self.blocker_seconds},
+        ).one()
+        standby, bound, incarnation, ack, *blocking = row
+        if standby:
+            self.refuse_standby(conn)
+        value = max(int(bound or 0), self._bounds.get(job, 0))
+        self._bounds[job] = value
+        return SourcePosition(
+            bound=value,
+            incarnation=incarnation,
+            ack_seq=int(ack) if ack is not None else None,
+            blocker=self._blocker(blocking) if blocking[0] is not None else None,
+        )
 
     def blocker(self, conn: Connection) -> Blocker | None:
         row = conn.exec_driver_sql(BLOCKER, {"age": self.blocker_seconds}).first()
-        if row is None:
-            return None
+        return self._blocker(tuple(row)) if row is not None else None
+
+    def _blocker(self, row: Sequence[Any]) -> Blocker:
         pid, app, user, age, state = row
         return Blocker(
             int(pid),
@@ -274,32 +319,107 @@ class PostgreSQLBackend(Backend):
 
         One stage per target table and column list, emptied and reused within the transaction
         (a new table per attempt would hold a lock slot each until commit)."""
-        digest = hashlib.sha1(f"{table.fullname}:{','.join(columns)}".encode()).hexdigest()
-        name = f"replicator_stage_{digest[:12]}"
+        name = _stage_name(table, columns)
+        self._copy_rows(conn, table, columns, rows, name)
+        return sa.table(name, *[sa.column(c) for c in columns])
+
+    def _copy_rows(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        stage: str | None,
+    ) -> None:
+        """COPY rows into the (emptied) stage `stage`, or into `table` itself (None)."""
         raw = conn.connection.driver_connection
         assert raw is not None
-        target = sql.Identifier(*([table.schema] if table.schema else []), table.name)
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
         as_json = [i for i, c in enumerate(columns) if isinstance(table.c[c].type, sa.JSON)]
+        into = (
+            sql.Identifier(stage)
+            if stage
+            else sql.Identifier(*([table.schema] if table.schema else []), table.name)
+        )
         try:
             with raw.cursor() as cur:
-                cur.execute(
-                    sql.SQL(
-                        "CREATE TEMPORARY TABLE IF NOT EXISTS {} ON COMMIT DROP AS "
-                        "SELECT {} FROM {} WITH NO DATA"
-                    ).format(sql.Identifier(name), cols, target)
-                )
-                cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
-                with cur.copy(
-                    sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(name), cols)
-                ) as copy:
+                if stage:
+                    _empty_stage(cur, stage, table, columns)
+                cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+                with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(into, cols)) as copy:
                     for row in rows:
                         copy.write_row(_json_values(row, as_json) if as_json else row)
         except psycopg.Error as exc:  # raw cursor: give it SQLAlchemy's shape like the rest
-            raise sa_exc.DBAPIError.instance(
-                f"COPY {name}", None, exc, psycopg.Error, connection_invalidated=raw.closed
-            ) from exc
-        return sa.table(name, *[sa.column(c) for c in columns])
+            raise _wrapped(f"COPY {stage or table.name}", exc, raw) from exc
+
+    def copy_through(
+        self,
+        conn: Connection,
+        source: Connection,
+        select: Any,
+        table: sa.Table,
+        columns: Sequence[str],
+        build: Any | None,
+        beat: Callable[[], None] | None = None,
+    ) -> int:
+        """PostgreSQL to PostgreSQL: the rows of `select`, run in the source connection
+        `source` (another PostgreSQL database), travel as COPY blocks from its
+        `COPY (SELECT ...) TO STDOUT` into this database's `COPY ... FROM STDIN`, never decoded.
+
+        `build` None: straight into `table` (every key must be new: a duplicate fails the
+        COPY with 23505, and the caller's savepoint undoes it); else into the stage, then the
+        statement `build` makes of an INSERT from the stage (the upsert). `beat` is called at
+        every megabyte (a stream of one huge version is progress too). The number of rows."""
+        compiled = select.compile(
+            dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        params = compiled.params
+        # binary when every column has the very type of its target column (faster to write
+        # and to parse); text otherwise, which the target parses into its own types
+        dialect = self.engine.dialect
+        binary = all(
+            str(c.type.compile(dialect=dialect)) == str(table.c[name].type.compile(dialect=dialect))
+            for c, name in zip(select.selected_columns, columns, strict=True)
+        )
+        form = sql.SQL(" (FORMAT binary)" if binary else "")
+        query = f"COPY ({compiled}) TO STDOUT{' (FORMAT binary)' if binary else ''}"
+        if not params:  # no client-side merge: the dialect's escaped %% would stay doubled
+            query = query.replace("%%", "%")
+        src = source.connection.driver_connection
+        raw = conn.connection.driver_connection
+        assert src is not None and raw is not None
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        name = _stage_name(table, columns) if build is not None else None
+        into_name = (
+            sql.Identifier(name)
+            if name is not None
+            else sql.Identifier(*([table.schema] if table.schema else []), table.name)
+        )
+        try:
+            with raw.cursor() as cur:
+                if name is not None:
+                    _empty_stage(cur, name, table, columns)
+                with src.cursor() as scur, scur.copy(query, params or None) as out:
+                    try:
+                        with cur.copy(
+                            sql.SQL("COPY {} ({}) FROM STDIN{}").format(into_name, cols, form)
+                        ) as into:
+                            _pipe(out, into, beat)
+                    except psycopg.Error:
+                        # read the source to its end rather than cancel it: a cancel would
+                        # abort the batch's read snapshot, which the caller goes on using
+                        for _ in out:
+                            pass
+                        raise
+                count = max(0, int(cur.rowcount))
+        except psycopg.Error as exc:
+            raise _wrapped(f"COPY {name or table.name}", exc, raw) from exc
+        if build is not None:
+            staged = sa.table(str(name), *[sa.column(c) for c in columns])
+            insert = self.insert_construct(table).from_select(
+                list(columns), sa.select(*[staged.c[c] for c in columns])
+            )
+            conn.execute(build(insert))
+        return count
 
     def write_rows(
         self,
@@ -309,6 +429,26 @@ class PostgreSQLBackend(Backend):
         rows: Sequence[Row],
         build: Any,
     ) -> None:
+        """Rows go straight into the table by COPY (one write) while their keys are new;
+        when that COPY meets an existing key (or any refusal: the upsert decides, an existing
+        equal row is no error there), DirectRefused asks the caller to roll its savepoint back
+        and write the same rows again (apply's bisection does): they, and the table's next
+        DIRECT_WAIT pages, go through the stage and the upsert `build` makes.
+
+        No savepoint of its own: a transaction of 50 pages would hold 100 subtransactions,
+        past the 64 that PostgreSQL tracks cheaply (every snapshot then reads pg_subtrans)."""
+        wait = self._direct_wait.get(table.fullname, 0)
+        if wait:
+            self._direct_wait[table.fullname] = wait - 1
+        else:
+            try:
+                self._copy_rows(conn, table, columns, rows, None)
+                return
+            except sa_exc.DBAPIError as exc:
+                if self.row_error(exc) is None:
+                    raise
+                self._direct_wait[table.fullname] = DIRECT_WAIT
+                raise DirectRefused(str(exc)) from exc
         staged = self.stage(conn, table, columns, rows)
         insert = self.insert_construct(table).from_select(
             list(columns), sa.select(*[staged.c[c] for c in columns])
@@ -328,6 +468,58 @@ class PostgreSQLBackend(Backend):
         staged = self.stage(conn, table, key, keys)
         match = sa.and_(*[table.c[k] == staged.c[k] for k in key])
         return int(conn.execute(delete_statement(table, match, soft_column)).rowcount or 0)
+
+
+COPY_BUFFER = 1 << 20
+
+
+class DirectRefused(Exception):
+    """A direct COPY of rows into their table was refused: roll back, write them again."""
+
+    try_again = True  # read by apply's bisection
+
+
+DIRECT_WAIT = 16  # pages through the stage after a direct COPY met an existing key
+
+
+def _pipe(out: Any, into: Any, beat: Callable[[], None] | None) -> None:
+    """COPY data from a COPY TO into a COPY FROM, gathered into writes of about 1 MB (the
+    source sends a message per row), `beat` called after each."""
+    buffer = bytearray()
+    for block in out:
+        buffer += block
+        if len(buffer) >= COPY_BUFFER:
+            into.write(buffer)
+            buffer = bytearray()
+            if beat is not None:
+                beat()
+    if buffer:
+        into.write(buffer)
+
+
+def _stage_name(table: sa.Table, columns: Sequence[str]) -> str:
+    digest = hashlib.sha1(f"{table.fullname}:{','.join(columns)}".encode()).hexdigest()
+    return f"replicator_stage_{digest[:12]}"
+
+
+def _empty_stage(cur: Any, name: str, table: sa.Table, columns: Sequence[str]) -> None:
+    """The stage for these columns of `table`, created once per transaction, emptied."""
+    target = sql.Identifier(*([table.schema] if table.schema else []), table.name)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    cur.execute(
+        sql.SQL(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS {} ON COMMIT DROP AS "
+            "SELECT {} FROM {} WITH NO DATA"
+        ).format(sql.Identifier(name), cols, target)
+    )
+    cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(name)))
+
+
+def _wrapped(what: str, exc: psycopg.Error, raw: Any) -> sa_exc.StatementError:
+    """A driver error of a raw cursor in SQLAlchemy's shape, like every other error."""
+    return sa_exc.DBAPIError.instance(
+        what, None, exc, psycopg.Error, connection_invalidated=raw.closed
+    )
 
 
 def _json_values(row: Row, positions: list[int]) -> Row:
