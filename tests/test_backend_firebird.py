@@ -24,6 +24,7 @@ from firebird.driver import DatabaseError, connect
 from fixtures_firebird import _dsn, _password
 from support import moved
 from support_backends import Store, blob, create, ids, insert, long_text, make_store, rows
+from support_backends import connect as connect_sa
 
 from replicator.backends.firebird_sql import split_script
 from replicator.cli import cli
@@ -515,3 +516,195 @@ def test_setup_refuses_a_page_too_small_with_the_fix(
     refused = pytest.raises(PermanentError, match=r"page size is 4096 bytes.*gbak -c -page_size")
     with small as store, refused:
         with_items(store)
+
+
+# --- found from outside: the printed script in isql, dialect 1, lost links ---------------------
+def _isql(url: str, script: str, *options: str) -> subprocess.CompletedProcess[str]:
+    isql = next((p for p in ("/usr/bin/isql-fb", "/usr/bin/isql") if Path(p).exists()), None)
+    if isql is None:
+        pytest.skip("isql-fb is not installed")
+    path = sa.make_url(url).database or ""
+    return subprocess.run(  # the password through ISC_PASSWORD (never in argv or a message)
+        [isql, "-q", *options, _dsn(path)],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "ISC_USER": "SYSDBA", "ISC_PASSWORD": _password() or ""},
+    )
+
+
+def test_setup_print_runs_in_isql_as_printed_and_installs_tracking(fb_store: Store) -> None:
+    # isql commits DDL by itself but not an EXECUTE BLOCK: without a COMMIT after each
+    # statement the database trigger's DDL deadlocked on the uncommitted control tables
+    for url in (fb_store.register, fb_store.server):
+        md = sa.MetaData()
+        item_table(md)
+        create(url, md)
+    node = fb_store.node({"itens": ITEMS.format(direction=UP)}, setup=False)
+    insert(fb_store.register, "item", [{"id": 1, "name": "before tracking", "qty": 1}])
+    config = str(fb_store.path / "replicator.toml")
+    server = CliRunner().invoke(cli, ["--config", config, "setup", "--database", "server"])
+    assert "tracking installed" in server.output, server.output  # exit 3: the register is not
+    result = CliRunner().invoke(cli, ["--config", config, "setup", "--print"])
+    assert result.exit_code == 0, result.output
+    script = result.output.split("-- database caixa:", 1)[1].split("\n", 1)[1]
+    done = _isql(fb_store.register, script, "-bail")
+    assert done.returncode == 0, done.stdout + done.stderr
+    with app(fb_store.register) as conn:
+        assert run(conn, "SELECT COUNT(*) FROM item WHERE repl_version IS NULL") == [(0,)]
+        assert run(conn, "SELECT COUNT(*) FROM replicator_incarnation") == [(1,)]
+        run(conn, "INSERT INTO item (id, name, qty) VALUES (2, 'sold', 1)")
+        conn.commit()
+    node.sync()
+    assert rows(fb_store.server, "item") == [(1, "before tracking", 1), (2, "sold", 1)]
+
+
+def test_setup_refuses_a_dialect_1_database_with_the_fix(
+    firebird_database: Callable[..., str],
+) -> None:
+    from replicator.backends.firebird import FirebirdBackend
+    from replicator.errors import PermanentError
+
+    url = firebird_database("ISO8859_1")
+    path = sa.make_url(url).database or ""
+    gfix = subprocess.run(
+        ["gfix", "-user", "SYSDBA", "-password", _password() or "", "-sql_dialect", "1",
+         _dsn(path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert gfix.returncode == 0, gfix.stderr
+    backend = FirebirdBackend(sa.make_url(url), "caixa")
+    try:
+        refused = pytest.raises(PermanentError, match=r"SQL dialect 1.*gfix -sql_dialect 3")
+        with refused, backend.setup_connection():
+            pass
+    finally:
+        backend.dispose()
+
+
+def test_a_link_cut_while_attaching_is_transient_and_dead_links_close_quietly(
+    firebird_database: Callable[..., str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+    import threading
+
+    from replicator.backends.firebird import FirebirdBackend
+    from replicator.errors import TransientError
+
+    # a link that drops the handshake (a proxy or firewall in between, the server restarting):
+    # "connection rejected by remote interface" was permanent, NEEDS ATTENTION for 10 minutes
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def drop_each() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            client.recv(1024)
+            client.close()
+
+    threading.Thread(target=drop_each, daemon=True).start()
+    url = sa.make_url(firebird_database())
+    cut = FirebirdBackend(url.set(port=port), "caixa")
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as failed, cut.engine.connect():
+            pass
+        assert cut.is_transient(failed.value) is True
+        assert isinstance(cut.classify(failed.value), TransientError)
+    finally:
+        cut.dispose()
+        listener.close()
+
+    # a pooled connection whose attachment was ended: the pool drops it without an ERROR and
+    # a traceback (sqlalchemy-firebird's do_terminate called a method the driver lacks)
+    backend = FirebirdBackend(url, "caixa")
+    try:
+        with backend.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1 FROM RDB$DATABASE").all()
+            conn.rollback()
+        with app(str(url)) as admin:
+            run(admin, "DELETE FROM MON$ATTACHMENTS WHERE MON$ATTACHMENT_ID <> CURRENT_CONNECTION "
+                "AND MON$SYSTEM_FLAG = 0")  # fmt: skip
+            admin.commit()
+        caplog.clear()
+        with caplog.at_level("DEBUG", logger="sqlalchemy.pool"), backend.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT 1 FROM RDB$DATABASE").scalar() == 1
+        backend.engine.dispose()
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert not errors, [r.getMessage() for r in errors]
+    finally:
+        backend.dispose()
+
+
+def test_a_catalog_goes_down_in_blocks_of_rows_with_every_value_exact(
+    win1252_store: Store,
+) -> None:
+    fb_store = win1252_store
+
+    # one round trip per block of rows (EXECUTE BLOCK), not an executemany of one MERGE per
+    # row; values written as literals read back exactly, a refused row is still found alone
+    def catalog(md: sa.MetaData) -> sa.Table:
+        return sa.Table(
+            "price",
+            md,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("name", sa.String(60)),
+            sa.Column("amount", sa.Numeric(18, 4)),
+            sa.Column("ratio", sa.Float(53)),
+            sa.Column("at", sa.DateTime),
+            sa.Column("day", sa.Date),
+            sa.Column("notes", long_text()),
+        )
+
+    for url in (fb_store.register, fb_store.server):
+        md = sa.MetaData()
+        catalog(md)
+        create(url, md)
+    mapping = VALUES.format(group="cadastros", direction=DOWN, table="price")
+    node = fb_store.node({"cadastros": mapping})
+    names = ["O'Brien", "Pão ''quoted''", "tab\there", "new\nline", "", "✓ nope", "x" * 60]
+    prices = [
+        {
+            "id": i,
+            "name": names[i % len(names)] if i != 700 else "✓ refused",
+            "amount": Decimal(i) / 10000 - Decimal("99999999999999.9999") * (i % 2),
+            "ratio": [0.1 + 0.2, 1e-300, -2.5e300, 1 / 3, None][i % 5],
+            "at": None if i % 9 == 0 else T0 + timedelta(days=i, microseconds=100 * i),
+            "day": (T0 + timedelta(days=i)).date(),
+            "notes": ("açúcar " * 500) if i % 50 == 0 else f"'{i}'",
+        }
+        for i in range(1, 1201)
+        if i % len(names) != 5  # "✓ nope": refused in WIN1252 (row 700 is the one refused)
+    ]
+    insert(fb_store.server, "price", prices)
+    statements: list[tuple[str, bool]] = []
+    engine = node.dbs["caixa"].engine
+
+    def seen(_c: Any, _cur: Any, stmt: str, _p: Any, _ctx: Any, many: bool) -> None:
+        if "price" in stmt.lower() and "MERGE" in stmt:
+            statements.append((stmt.split(None, 2)[0] + " " + stmt.split(None, 2)[1], many))
+
+    sa.event.listen(engine, "before_cursor_execute", seen)
+    try:
+        node.sync("cadastros")
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", seen)
+    assert not [s for s in statements if s[1]], "no executemany of one MERGE per row"
+    assert 2 <= len(statements) <= 30, len(statements)  # blocks, and the bisect to row 700
+
+    def read(url: str, where: Any = None) -> list[tuple[Any, ...]]:
+        with connect_sa(url) as conn:
+            t = sa.Table("price", sa.MetaData(), autoload_with=conn)
+            cols = [t.c[c] for c in ("id", "name", "amount", "at", "day", "notes", "ratio")]
+            stmt = sa.select(*cols).order_by(t.c.id)
+            return [tuple(r) for r in conn.execute(stmt if where is None else stmt.where(where))]
+
+    expected = [r for r in read(fb_store.server) if r[0] != 700]
+    written = read(fb_store.register)
+    assert [tuple(r) for r in written] == [tuple(r) for r in expected]  # floats: the same double
+    q = node.dbs["caixa"].ct.quarantine
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(q.c.row_key)).scalars().all() == ["[700]"]

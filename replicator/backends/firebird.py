@@ -16,10 +16,13 @@ The bound, and why it is safe (docs/firebird.md has the long form):
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, time
+from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -83,6 +86,7 @@ TRANSIENT_CODES = {
     ISC_UPDATE_CONFLICT,
     ISC_LOCK_TIMEOUT,
     335544721,  # network_error: unable to complete network request
+    335544421,  # connect_reject: connection rejected by remote interface (link cut mid-attach)
     335544726,  # net_read_err
     335544727,  # net_write_err
     335544741,  # lost connection to database server
@@ -108,6 +112,10 @@ SEQUENCE = "REPLICATOR_VERSION"
 INFLIGHT = "REPLICATOR_INFLIGHT"
 BLOCKER_SECONDS = 60
 MIN_PAGE_SIZE = 8192  # the control tables' unique keys (see _adapt_control_tables)
+# Rows per EXECUTE BLOCK of upserts, and the size of its text (Firebird 3: 64 KB at most).
+BLOCK_ROWS = 1000
+BLOCK_TEXT = 60_000  # bytes
+BLOCK_PARAMS = 200  # values passed as parameters (long text, bytes) in one block
 # Firebird keeps a timestamp to 1/10000 s: 100 microseconds.
 TIME_QUANTUM_US = 100
 
@@ -219,8 +227,19 @@ class FirebirdBackend(Backend):
         """Firebird uses a new table, column or trigger only once its DDL is committed: setup
         commits each statement (each one is idempotent, so running setup again completes it)."""
         with self.engine.connect() as conn:
-            page = int(conn.exec_driver_sql("SELECT MON$PAGE_SIZE FROM MON$DATABASE").scalar() or 0)
+            found = conn.exec_driver_sql(
+                "SELECT MON$PAGE_SIZE, MON$SQL_DIALECT FROM MON$DATABASE"
+            ).one()
+            page, sql_dialect = int(found[0] or 0), int(found[1] or 3)
             conn.rollback()
+            if sql_dialect < 3:
+                raise PermanentError(
+                    f"{self.display_url}: the database is SQL dialect {sql_dialect}; change "
+                    "tracking needs dialect 3 (64-bit versions: dialect 1 has no BIGINT and cuts "
+                    "generator values to 32 bits); back it up, then move it to dialect 3 with "
+                    "`gfix -sql_dialect 3` (check first that the application writes no "
+                    "double-quoted string literals), then run setup again"
+                )
             if page < MIN_PAGE_SIZE:
                 raise PermanentError(
                     f"{self.display_url}: the database's page size is {page} bytes; the "
@@ -401,6 +420,80 @@ class FirebirdBackend(Backend):
 
     def insert_construct(self, table: sa.Table) -> Any:
         return FBUpsert(table)
+
+    def write_rows(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        rows: Sequence[Row],
+        build: Any,
+    ) -> None:
+        """Many rows per round trip. Firebird 3 has no batch API: an executemany is one
+        network round trip (and one MERGE) per row, and firebird-driver packs each parameter
+        in Python (most of the time of a catalog going down). Here the MERGE is a sub-procedure
+        of an EXECUTE BLOCK, called once per row with the row's values written as SQL
+        literals (exact: see _literal; any other value is passed as a parameter): a block of
+        rows is one statement, one round trip, applied or refused whole (a statement is
+        atomic; the caller bisects to the refused row)."""
+        stmt = build(self.insert_construct(table))
+        compiled = stmt.compile(dialect=conn.dialect, column_keys=list(columns))
+        merge = str(compiled)
+        if list(compiled.positiontup or []) != list(columns) or merge.count("?") != len(columns):
+            super().write_rows(conn, table, columns, rows, build)  # a shape not written here
+            return
+        types = conn.dialect.type_compiler_instance
+        kinds = [types.process(table.c[c].type) for c in columns]
+        processors = [table.c[c].type._cached_bind_processor(conn.dialect) for c in columns]
+        converting = [(i, f) for i, f in enumerate(processors) if f is not None]
+        # a literal only of the column's own kind of value (else the driver's conversion of
+        # a parameter decides, as before: True into a SMALLINT, text into a number...)
+        families = [_literal_family(table.c[c].type) for c in columns]
+        body = merge
+        for i in range(len(columns)):
+            body = body.replace("?", f":p{i}", 1)
+        procedure = (
+            f"DECLARE PROCEDURE repl_up ({', '.join(f'p{i} {k}' for i, k in enumerate(kinds))})"
+            f"\nAS\nBEGIN\n{body};\nEND\n"
+        )
+        fixed = len(procedure.encode("utf-8")) + 40
+        heads: list[str] = []
+        calls: list[str] = []
+        params: list[Any] = []
+        size = fixed
+
+        def flush() -> None:
+            head = f" ({', '.join(heads)})" if heads else ""
+            block = f"EXECUTE BLOCK{head}\nAS\n{procedure}BEGIN\n" + "\n".join(calls) + "\nEND"
+            conn.exec_driver_sql(block, tuple(params))
+
+        for row in rows:
+            values = list(row)
+            for i, f in converting:
+                values[i] = f(values[i])
+            texts = [
+                _literal(v) if isinstance(v, family) else None
+                for v, family in zip(values, families, strict=True)
+            ]
+            passed = [i for i, t in enumerate(texts) if t is None]
+            grows = sum(len(t.encode("utf-8")) + 2 for t in texts if t is not None)
+            grows += sum(len(kinds[i]) + 20 for i in passed) + 40
+            if calls and (
+                size + grows > BLOCK_TEXT
+                or len(calls) >= BLOCK_ROWS
+                or len(params) + len(passed) > BLOCK_PARAMS
+            ):
+                flush()
+                heads, calls, params, size = [], [], [], fixed
+            for i in passed:  # a value not written as a literal: a parameter of the block
+                name = f"a{len(params)}"
+                heads.append(f"{name} {kinds[i]} = ?")
+                params.append(values[i])
+                texts[i] = ":" + name
+            calls.append(f"EXECUTE PROCEDURE repl_up({', '.join(str(t) for t in texts)});")
+            size += grows
+        if calls:
+            flush()
 
     def write_ack(self, job: str, incarnation: str, seq: int, confirmed: int) -> int:
         a = self.ct.ack.c
@@ -598,15 +691,83 @@ class FirebirdBackend(Backend):
         return names
 
     def script(self, statements: list[str]) -> str:
-        """The statements as an isql script: PSQL bodies between SET TERM."""
+        """The statements as an isql script: PSQL bodies between SET TERM, each statement
+        committed like `setup` does. isql commits DDL by itself (AUTODDL) but not an EXECUTE
+        BLOCK (its CREATE TABLE through EXECUTE STATEMENT) nor DML: without the COMMITs the
+        next DDL, run in isql's DDL transaction, deadlocks on the uncommitted metadata."""
         out = [SCRIPT_HEADER]
         for stmt in statements:
             text = stmt.strip().rstrip(";")
             if is_psql(text):
-                out.append(f"SET TERM ^ ;\n{text}^\nSET TERM ; ^")
+                out.append(f"SET TERM ^ ;\n{text}^\nSET TERM ; ^\nCOMMIT;")
             else:
-                out.append(text + ";")
+                out.append(text + ";\nCOMMIT;")
         return "\n\n".join(out) + "\n"
+
+
+def _literal_family(kind: sa.types.TypeEngine[Any]) -> tuple[type, ...]:
+    """The Python values written as literals into a column of this type."""
+    if isinstance(kind, sa.Boolean | sa.LargeBinary | sa.types.NullType):
+        return ()
+    if isinstance(kind, sa.Integer):
+        return (int,)
+    if isinstance(kind, sa.Float):
+        return (int, float)
+    if isinstance(kind, sa.Numeric):
+        return (int, Decimal)
+    if isinstance(kind, sa.String):  # VARCHAR, CHAR, BLOB SUB_TYPE TEXT
+        return (str,)
+    if isinstance(kind, sa.DateTime):
+        return (datetime,)
+    if isinstance(kind, sa.Date):
+        return (date,)
+    if isinstance(kind, sa.Time):
+        return (time,)
+    return ()
+
+
+def _literal(value: Any) -> str | None:
+    """A value as a Firebird SQL literal that reads back exactly the same, or None when it is
+    better passed as a parameter (bytes, long or unusual text, aware or odd timestamps). The
+    sub-procedure's parameter (the column's type) converts the literal as it would the
+    parameter: text is transliterated to the column's character set, decimals are exact."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return None  # as a parameter: the driver's conversion (into a SMALLINT...)
+    if isinstance(value, int):
+        return str(value) if -(2**63) <= value < 2**63 else None
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            return None
+        text = format(value, "f")
+        if sum(c.isdigit() for c in text) > 18:  # Firebird 3 reads such a literal as a double
+            text = format(value.normalize(), "f")
+        return text if sum(c.isdigit() for c in text) <= 18 else None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        text = repr(value)  # the shortest text that reads back as the same double
+        return text if "e" in text else text + "e0"  # with an exponent: a DOUBLE literal
+    if isinstance(value, str):
+        if len(value) > LITERAL_TEXT or _CONTROL.search(value):  # newlines, tabs: parameters
+            return None
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, datetime):
+        if value.tzinfo is not None or value.microsecond % TIME_QUANTUM_US:
+            return None
+        return f"TIMESTAMP '{value.year:04d}-{value:%m-%d %H:%M:%S}.{value.microsecond // 100:04d}'"
+    if isinstance(value, date):
+        return f"DATE '{value.year:04d}-{value:%m-%d}'"
+    if isinstance(value, time):
+        if value.tzinfo is not None or value.microsecond % TIME_QUANTUM_US:
+            return None
+        return f"TIME '{value:%H:%M:%S}.{value.microsecond // 100:04d}'"
+    return None
+
+
+LITERAL_TEXT = 2000  # characters: longer text goes as a parameter
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _charset(kind: sa.types.TypeEngine[Any], default: str) -> str:

@@ -12,11 +12,13 @@ from importlib import resources
 from typing import Any
 
 import sqlalchemy as sa
+from loguru import logger
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, reflection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import elements, operators
 from sqlalchemy_firebird.base import FBCompiler, FBDialect
+from sqlalchemy_firebird.firebird import FBDialect_firebird
 from sqlalchemy_firebird.types import FBBLOB
 
 from replicator.values import local, zone
@@ -50,6 +52,24 @@ def _blob_bind_processor(self: FBBLOB, dialect: Any) -> Callable[[Any], Any]:
 
 
 FBBLOB.bind_processor = _blob_bind_processor
+
+
+def _close(self: FBDialect_firebird, dbapi_connection: Any) -> None:
+    """sqlalchemy-firebird's `do_terminate` calls `terminate()`, which firebird-driver's
+    connections do not have, and a detach of an attachment already gone (link lost, attachment
+    ended, server restarted) raises: the pool logged an ERROR with a traceback for every
+    connection it dropped after a network blip. Closed here; one already gone has nothing to
+    close."""
+    from firebird.driver import DatabaseError
+
+    try:
+        dbapi_connection.close()
+    except DatabaseError as exc:
+        logger.debug("closing a Firebird connection: {}", str(exc).splitlines()[0])
+
+
+FBDialect_firebird.do_terminate = _close
+FBDialect_firebird.do_close = _close
 
 
 class FirebirdCompiler(FBCompiler):  # type: ignore[misc]
