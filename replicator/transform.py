@@ -95,6 +95,19 @@ class TablePlan:
         )
 
 
+def _flag_as_number(expr: sa.ColumnElement[Any], target: sa.Column[Any]) -> Any:
+    """A boolean source into an integer target column (SMALLINT 0/1 flags) is read as 1/0, in
+    the source's SQL: its text ('t'/'f' from PostgreSQL) or a Python bool would not parse as a
+    number in every target. MariaDB's BOOLEAN (TINYINT(1)) takes booleans as they are."""
+    kind = target.type
+    flag_column = type(kind).__name__ == "TINYINT" and getattr(kind, "display_width", 0) == 1
+    if isinstance(expr.type, sa.Boolean) and (
+        isinstance(kind, sa.Integer) and not isinstance(kind, sa.Boolean) and not flag_column
+    ):
+        return sa.case((expr == sa.true(), 1), (expr == sa.false(), 0), else_=sa.null())
+    return expr
+
+
 def build_plan(
     mapping: TableMapping,
     source: sa.Table,
@@ -141,7 +154,7 @@ def build_plan(
         if expr is None:
             continue
         columns.append(tcol)
-        select.append(expr.label(tcol))
+        select.append(_flag_as_number(expr, target.c[tcol]).label(tcol))
         if isinstance(spec, FromColumn):
             used_sources.add(spec.from_)
         elif isinstance(spec, str) and not VAR_RE.match(spec):
@@ -158,7 +171,7 @@ def build_plan(
             ):
                 continue
             columns.append(name)
-            select.append(column.label(name))
+            select.append(_flag_as_number(column, target.c[name]).label(name))
     for name in mapping.exclude:
         src_col(name, "exclude:")
     target_key = mapping.resolved_target_key()

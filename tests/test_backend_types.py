@@ -149,11 +149,6 @@ CASES = [
         server_type=lambda: sa.Boolean(),
         compare=flag,
         register_values=lambda values: [None if v is None else int(v) for v in values],
-        known_gaps={
-            ("postgresql", "down"): "PostgreSQL targets COPY a Python bool into a "
-            "smallint column as 't'/'f' (invalid input syntax for type smallint): the row "
-            "is refused instead of written as 1/0",
-        },
     ),
     Case(
         "blob",
