@@ -233,12 +233,14 @@ class Backend:
             floor = conn.execute(sa.select(sa.func.min(a.confirmed))).scalar()
             if not floor:
                 return 0
-            # a page at a time: on a register this runs under its write lock
-            t = self.ct.tombstone.c
-            page = sa.select(t.id).where(t.version < floor).limit(PURGE_PAGE).scalar_subquery()
-            return int(
-                conn.execute(sa.delete(self.ct.tombstone).where(t.id.in_(page))).rowcount or 0
-            )
+            return self.purge_tombstones(conn, int(floor))
+
+    def purge_tombstones(self, conn: Connection, floor: int) -> int:
+        """Delete up to PURGE_PAGE tombstones below version `floor` (a page at a time: on a
+        register this runs under its write lock); the number deleted."""
+        t = self.ct.tombstone.c
+        page = sa.select(t.id).where(t.version < floor).limit(PURGE_PAGE).scalar_subquery()
+        return int(conn.execute(sa.delete(self.ct.tombstone).where(t.id.in_(page))).rowcount or 0)
 
     def renew_identity(self, conn: Connection, reason: str) -> None:
         """Setup --new-identity: this database starts a history of its own."""

@@ -32,7 +32,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy_firebird.types import FBTEXT, FBVARCHAR
 
-from replicator.backends.base import Backend, Capabilities, Row, TrackedTable
+from replicator.backends.base import PURGE_PAGE, Backend, Capabilities, Row, TrackedTable
 from replicator.backends.firebird_sql import (
     SCRIPT_HEADER,
     FBUpsert,
@@ -48,7 +48,6 @@ from replicator.backends.firebird_sql import (
 from replicator.errors import BusyError, PermanentError, ReplicatorError
 from replicator.position import Blocker
 from replicator.quarantine import REFUSED, WAITING
-from replicator.state import now
 from replicator.values import local, scale_check, zone
 
 # Firebird status codes (gds codes, ISC_* in iberror.h) that say something about a row's data.
@@ -495,25 +494,13 @@ class FirebirdBackend(Backend):
         if calls:
             flush()
 
-    def write_ack(self, job: str, incarnation: str, seq: int, confirmed: int) -> int:
-        a = self.ct.ack.c
-        t = self.ct.tombstone
-        with self.source_write() as conn:
-            values = {"incarnation": incarnation, "seq": seq, "confirmed": confirmed, "at": now()}
-            conn.execute(
-                self.insert_construct(self.ct.ack)
-                .values(job=job, **values)
-                .on_conflict_do_update(index_elements=["job"], set_=values)
-            )
-            floor = conn.execute(sa.select(sa.func.min(a.confirmed))).scalar()
-            if not floor:
-                return 0
-            done = conn.exec_driver_sql(
-                f"DELETE FROM {self.quote_table(t.fullname)} "
-                f"WHERE {self.quote('version')} < ? ROWS 5000",
-                (int(floor),),
-            )
-            return int(done.rowcount or 0)
+    def purge_tombstones(self, conn: Connection, floor: int) -> int:
+        done = conn.exec_driver_sql(
+            f"DELETE FROM {self.quote_table(self.ct.tombstone.fullname)} "
+            f"WHERE {self.quote('version')} < ? ROWS {PURGE_PAGE}",
+            (floor,),
+        )
+        return int(done.rowcount or 0)
 
     # --- values ----------------------------------------------------------------------------
     def row_adapter(

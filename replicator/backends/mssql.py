@@ -26,6 +26,7 @@ from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, Tuple
 
 from replicator.backends.base import (
+    PURGE_PAGE,
     Backend,
     Capabilities,
     Conflict,
@@ -38,7 +39,6 @@ from replicator.backends.base import (
 from replicator.backends.odbc import odbc_error
 from replicator.errors import BusyError
 from replicator.quarantine import REFUSED, WAITING
-from replicator.state import now
 
 MAX_PARAMS = 2100  # parameters per statement (SQL Server's limit)
 STAGE_ROWS = 1000  # rows per INSERT ... VALUES (SQL Server's limit)
@@ -292,19 +292,8 @@ class SQLServerBackend(Backend):
             "EXEC sp_set_session_context @key = N'replicator_origin', @value = ?", (origin,)
         )
 
-    def write_ack(self, job: str, incarnation: str, seq: int, confirmed: int) -> int:
-        a = self.ct.ack.c
-        with self.source_write() as conn:
-            values = {"incarnation": incarnation, "seq": seq, "confirmed": confirmed, "at": now()}
-            conn.execute(
-                self.insert_construct(self.ct.ack)
-                .values(job=job, **values)
-                .on_conflict_do_update(index_elements=["job"], set_=values)
-            )
-            floor = conn.execute(sa.select(sa.func.min(a.confirmed))).scalar()
-            if not floor:
-                return 0
-            return int(conn.execute(purge_statement(self.ct.tombstone, int(floor))).rowcount or 0)
+    def purge_tombstones(self, conn: Connection, floor: int) -> int:
+        return int(conn.execute(purge_statement(self.ct.tombstone, floor)).rowcount or 0)
 
     # --- catalog -----------------------------------------------------------------------------
     def table(self, conn: Connection, name: str) -> sa.Table:
@@ -518,7 +507,7 @@ def delete_keys(
 def purge_statement(tombstone: sa.Table, floor: int) -> Any:
     """DELETE TOP (n) of the acknowledged tombstones."""
     t = tombstone.c
-    page = sa.select(t.id).where(t.version < floor).order_by(t.id).limit(5000)
+    page = sa.select(t.id).where(t.version < floor).order_by(t.id).limit(PURGE_PAGE)
     return sa.delete(tombstone).where(t.id.in_(page.scalar_subquery()))
 
 
