@@ -5,10 +5,11 @@ into chunks of about `value_rows` rows, and each chunk into equal buckets, the s
 both sides whatever rows each holds (one query per side and chunk: `GROUP BY` the bucket).
 Other keys: chunk bounds are source key values found by a keyset walk (`key > last ORDER BY
 key OFFSET step-1 LIMIT 1`), never positions in a string collation (text key columns compare
-in code point order on both sides: `COLLATE "C"` on PostgreSQL, SQLite's BINARY), and buckets
-are runs of `leaf_rows` numbered rows. Both sides compute `(count, sum of row hashes)` per
-bucket inside their own database at the same time (two threads; `resync_side`,
-`resync_hash`). A differing bucket of many rows is cut again; with PostgreSQL on both sides,
+in code point order on every side: `COLLATE "C"` on PostgreSQL, SQLite's BINARY, UTF-8
+bytes on MariaDB, UTF8 on Firebird), and buckets are runs of `leaf_rows` numbered rows. Both
+sides compute `(count, sum of row hashes)` per bucket at the same time (two threads;
+`resync_side`, `resync_hash`; inside the database, or streamed and hashed here for Firebird:
+`resync_stream`). A differing bucket of many rows is cut again; with PostgreSQL on both sides,
 differing buckets are cut into sub-buckets in one query; what still differs is compared by
 `(key, row hash)` pairs, and only the rows whose hashes differ are fetched whole and compared
 in Python, the judge. Memory stays bounded by BATCH_ROWS whatever the table size.

@@ -25,7 +25,8 @@ Two row hashes, chosen per table by the pair of backends (`hash_kind`):
   builds the text in SQL with plain casts (`postgresql_fields`, `postgresql_row_hash`);
   SQLite through a registered aggregate and a row function that build the same text in
   Python (`sqlite_sum`, `sqlite_row_hash`; `piece_maker` has shortcuts for the values a
-  register file holds).
+  register file holds); MariaDB in SQL (`resync_mariadb`); Firebird 3, which has no MD5,
+  by streaming the rows' values to be hashed here (`resync_stream`).
 - `pg` (both sides PostgreSQL with one server encoding): the same text (lengths of texts in
   bytes, not characters), hashed by PostgreSQL's `hashtextextended`, a well-mixed 64-bit
   hash of its bytes (itself about ten times cheaper than `md5`; the row's whole cost about
@@ -291,6 +292,8 @@ def _is_integer(etype: Any) -> bool:
 def _pg_field(spec: FieldSpec, expr: sa.ColumnElement[Any], side_zone: str | None) -> Any:
     """The field text in SQL (the same as `field_text` in Python)."""
     kind, etype = spec.kind, expr.type
+    if kind in ("int", "dec") and isinstance(etype, sa.Boolean):  # into MariaDB's TINYINT(1)
+        return sa.case((expr, "1"), (sa.not_(expr), "0"))
     if kind in ("int", "dec"):
         if spec.scale:  # exactly `scale` decimals
             if _same_scale(etype, spec.scale):  # a numeric(p, s): its text already is

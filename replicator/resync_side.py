@@ -1,6 +1,9 @@
 """One database's view of a table's mapped rows for `replicator resync`, over ranges of the
 range key (the source key, or the target columns it becomes): the key's extent, chunk bounds,
-per-bucket checksums, per-row hashes and rows, each computed inside the database in one query.
+per-bucket checksums, per-row hashes and rows, each computed inside the database in one query
+(PostgreSQL, MariaDB: SQL; SQLite: registered Python functions), or, where the database cannot
+build the same row hash (Firebird 3: no MD5), from its rows streamed in key ranges and hashed
+here (`resync_stream`).
 
 Buckets of a single integer key are equal spans of its values (`value_buckets`, and
 `span_buckets` for many small spans at once on PostgreSQL, joined with arrays of bounds), the
@@ -25,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import Grouping
 
 from replicator.backends import Backend
 from replicator.backends.base import Row
@@ -39,6 +43,15 @@ from replicator.resync_hash import (
     sqlite_bucket_sums,
     sqlite_row_hash,
     sqlite_sum,
+)
+from replicator.resync_mariadb import mariadb_fields, mariadb_row_hash, utf8_bytes
+from replicator.resync_stream import (
+    CODE_POINT_ORDER,
+    FbUtf8,
+    client_values,
+    streamed_buckets,
+    streamed_hashes,
+    streamed_value_buckets,
 )
 
 Key = tuple[Any, ...]
@@ -77,13 +90,35 @@ class Side:
         self.pg = backend.dialect == "postgresql"
         self.hash_kind: HashKind = hash_kind if self.pg else "md5"
         self._name = f"repl_resync_{id(self) & 0xFFFFFF}"
+        self.mariadb = backend.dialect == "mariadb"
+        self.firebird = backend.dialect == "firebird"
+        # MariaDB: the row texts and md5 row hashes in SQL, unless some column's text is only
+        # built in Python (a double, a naive timestamp of a named zone into an instant)
+        self._my_fields = (
+            mariadb_fields(self.specs, self._plain(), self.zone) if self.mariadb else None
+        )
+        # Firebird (no MD5 in SQL before Firebird 4) and the cases above: the rows' values are
+        # streamed in key ranges and hashed here, with the judge's own code (`row_hasher`)
+        self.client = not self.pg and backend.dialect != "sqlite" and self._my_fields is None
+        self._selected, self._hasher = client_values(
+            self.specs, self._plain(), self.zone, self.firebird
+        )
 
     def ordered(self) -> list[Any]:
         """The range columns, text in code point order on every backend."""
         out: list[Any] = []
         for col in self.range_cols:
-            text = isinstance(col.type, sa.String) and self.pg
-            out.append(col.collate("C") if text else col)
+            if isinstance(col.type, sa.String) and self.pg:
+                out.append(col.collate("C"))
+            elif isinstance(col.type, sa.String) and self.mariadb:
+                out.append(utf8_bytes(col))  # UTF-8 bytes: code point order, no padding
+            elif isinstance(col.type, sa.String) and self.firebird:
+                charset = str(getattr(col.type, "charset", None) or "").upper()
+                # UTF8's own order is code point order; WIN1252's is its bytes' (`Ž`, 0x8E,
+                # before `é`, 0xE9): such keys are compared as UTF8 (no index range scans)
+                out.append(col if charset in CODE_POINT_ORDER else FbUtf8(col, col.type))
+            else:
+                out.append(col)
         return out
 
     def in_range(self, lo: Key | None, hi: Key | None) -> list[sa.ColumnElement[bool]]:
@@ -93,7 +128,8 @@ class Side:
             if bound is None:
                 continue
             values = [
-                sa.literal(v, type_=c.type) for v, c in zip(bound, self.range_cols, strict=True)
+                sa.literal(v, type_=o.type if isinstance(o, FbUtf8) else c.type)
+                for v, c, o in zip(bound, self.range_cols, cols, strict=True)
             ]
             if len(cols) == 1:  # the cheaper construct (many ranges go in one query)
                 cond.append(cols[0] > values[0] if after else cols[0] <= values[0])
@@ -156,21 +192,27 @@ class Side:
     ) -> tuple[list[Checksum], list[Key], list[Key]]:
         """Per bucket of `size` rows of (lo, hi] in key order: its checksum; the last range
         key of each full bucket, raw and canonical."""
+        if self.client:
+            return self._client_buckets(lo, hi, size)
         with self.connect() as conn:
             keys = [c.label(f"k{i}") for i, c in enumerate(self.range_cols)]
             rn = sa.func.row_number(type_=sa.BigInteger).over(order_by=self.ordered())
             if self.pg:
                 values = [f.label(f"f{i}") for i, f in enumerate(self._pg_fields())]
+            elif self._my_fields is not None:
+                values = [f.label(f"f{i}") for i, f in enumerate(self._my_fields)]
             else:
                 values = [e.label(f"f{i}") for i, e in enumerate(self._plain())]
             sub = (
-                sa.select(((rn - 1) // size).label("b"), *values)
+                sa.select(self._div(rn - 1, size).label("b"), *values)
                 .where(*self.where, *self.in_range(lo, hi))
                 .subquery()
             )
             fields = [sub.c[f"f{i}"] for i in range(len(values))]
             if self.pg:
                 total: Any = sa.func.sum(postgresql_row_hash(self.specs, fields, self.hash_kind))
+            elif self.mariadb:
+                total = sa.func.sum(mariadb_row_hash(self.specs, fields))
             else:
                 total = sqlite_sum(conn, self._name, self.specs, fields, self.zone)
             stmt = sa.select(sub.c.b, sa.func.count(), total).group_by(sub.c.b).order_by(sub.c.b)
@@ -189,6 +231,26 @@ class Side:
             ]
         return sums, marks, [self.key_text(m) for m in marks]
 
+    def _div(self, a: Any, b: Any) -> Any:
+        """Integer division of non-negative integers (MariaDB's `/` is a rounded decimal)."""
+        if not self.mariadb:
+            return a // b
+        return Grouping(a).op("DIV", precedence=8)(b)
+
+    def _client_buckets(
+        self, lo: Key | None, hi: Key | None, size: int
+    ) -> tuple[list[Checksum], list[Key], list[Key]]:
+        """`buckets`, the rows streamed in key order and hashed here."""
+        stmt = (
+            sa.select(*self.range_cols, *self._selected)
+            .where(*self.where, *self.in_range(lo, hi))
+            .order_by(*self.ordered())
+        )
+        with self.connect() as conn:
+            found, marks = streamed_buckets(conn, stmt, len(self.range_cols), size, self._hasher)
+        sums = [Checksum(n, total) for n, total in found]
+        return sums, marks, [self.key_text(m) for m in marks]
+
     def value_buckets(self, lo: int, hi: int, count: int) -> dict[int, Checksum]:
         """Per bucket of an integer range key's values: (lo, hi] cut into `count` equal spans
         (the same cut on both sides, whatever rows each holds); buckets without rows are
@@ -197,10 +259,21 @@ class Side:
             if self.pg:  # a range of the key: the heap read in page order, not key order
                 conn.exec_driver_sql("SET LOCAL enable_indexscan = off")
             key = sa.cast(self.range_cols[0], sa.BigInteger)
-            bucket = ((key - (lo + 1)) * count) // (hi - lo)
+            bucket = self._div((key - (lo + 1)) * count, hi - lo)
             within = [*self.where, *self.in_range((lo,), (hi,))]
             total: Any
-            if self.pg and self.hash_kind == "md5":  # each field's text is computed once
+            if self.client:  # streamed, summed here
+                stmt = sa.select(self.range_cols[0], *self._selected).where(*within)
+                found = streamed_value_buckets(conn, stmt, lo, hi, count, self._hasher)
+                return {b: Checksum(n, total) for b, (n, total) in found.items()}
+            if self.mariadb:  # no subquery: MariaDB merges it anyway
+                total = sa.func.sum(mariadb_row_hash(self.specs, self._my_fields or []))
+                stmt = (
+                    sa.select(bucket.label("b"), sa.func.count(), total)
+                    .where(*within)
+                    .group_by(sa.literal_column("1"))
+                )
+            elif self.pg and self.hash_kind == "md5":  # each field's text is computed once
                 values = self._pg_fields()
                 sub = (
                     sa.select(bucket.label("b"), *[v.label(f"f{i}") for i, v in enumerate(values)])
@@ -329,6 +402,21 @@ class Side:
                 fields = [sub.c[f"f{i}"] for i in range(len(values))]
                 front = list(sub.c)[: len(self.range_cols) + len(self.extra)]
                 stmt = sa.select(*front, postgresql_row_hash(self.specs, fields, self.hash_kind))
+            elif self.client:  # streamed, hashed here
+                stmt = (
+                    sa.select(*self.range_cols, *self.extra, *self._selected)
+                    .select_from(source)
+                    .where(*self.where, *within)
+                )
+                n, m = len(self.range_cols), len(self.extra)
+                return streamed_hashes(conn, stmt, n, m, self._hasher)
+            elif self.mariadb:
+                h = mariadb_row_hash(self.specs, self._my_fields or [])
+                stmt = (
+                    sa.select(*self.range_cols, *self.extra, h)
+                    .select_from(source)
+                    .where(*self.where, *within)
+                )
             else:
                 h = sqlite_row_hash(conn, self._name + "_h", self.specs, self.exprs, self.zone)
                 stmt = (
