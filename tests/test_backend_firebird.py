@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from firebird.driver import DatabaseError, connect
 from fixtures_firebird import _dsn, _password
-from support import moved
+from support import moved, quarantined
 from support_backends import Store, blob, create, ids, insert, long_text, make_store, rows
 from support_backends import connect as connect_sa
 
@@ -708,3 +708,37 @@ def test_a_catalog_goes_down_in_blocks_of_rows_with_every_value_exact(
     q = node.dbs["caixa"].ct.quarantine
     with engine.connect() as conn:
         assert conn.execute(sa.select(q.c.row_key)).scalars().all() == ["[700]"]
+
+
+def test_a_charset_none_database_is_read_in_the_application_charset(
+    firebird_database: Callable[..., str], pg_database: Callable[[], str], tmp_path: Path
+) -> None:
+    """Brazilian POS databases of character set NONE hold WIN1252 bytes: with `?charset=WIN1252`
+    in the register's URL, 'JOSÉ' reaches the server as it was written (read as UTF8, its
+    byte 0xC9 stopped the whole job), the catalog arrives as WIN1252 bytes the application
+    reads, and a character WIN1252 has no byte for is held for its row alone."""
+    url = f"{firebird_database('NONE')}?charset=WIN1252"
+    with make_store(lambda: url, pg_database, tmp_path) as store:
+        for side in (store.register, store.server):
+            md = sa.MetaData()
+            text_table(md, "product")
+            text_table(md, "note")
+            create(side, md)
+        node = store.node({"cadastros": CATALOG, "movimento": NOTES})
+        up = [{"id": i, "name": t.upper(), "memo": t} for i, t in enumerate(PORTUGUESE, 1)]
+        database = sa.make_url(url).database or ""
+        with connect(_dsn(database), password=_password(), charset="WIN1252") as pos:
+            for r in up:  # the application's own WIN1252 connection
+                run(pos, "INSERT INTO note (id, name, memo) VALUES (?, ?, ?)", *r.values())
+            pos.commit()
+        node.sync("movimento")
+        assert rows(store.server, "note") == [(r["id"], r["name"], r["memo"]) for r in up]
+        down = [{"id": 1, "name": "Preço do pão", "memo": "açúcar"}]
+        down.append({"id": 2, "name": "Visto ✓", "memo": "ok"})
+        insert(store.server, "product", down)
+        node.sync("cadastros")
+        assert rows(store.register, "product") == [(1, "Preço do pão", "açúcar")]
+        with connect(_dsn(database), password=_password(), charset="NONE") as raw:
+            stored = run(raw, "SELECT CAST(name AS VARCHAR(80) CHARACTER SET OCTETS) FROM product")
+        assert stored == [("Preço do pão".encode("cp1252"),)], "WIN1252 bytes, as the POS reads"
+        assert [key for _, key in quarantined(node, "caixa")] == ["[2]"]

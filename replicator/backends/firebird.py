@@ -154,8 +154,11 @@ class FirebirdBackend(Backend):
         if url.drivername == "firebird":
             url = url.set(drivername="firebird+firebird")
         # The server converts between the database's character set (WIN1252...) and UTF8:
-        # a character the column cannot hold fails for its row, never turns into '?'.
-        url = url.update_query_dict({"charset": "UTF8"})
+        # a character the column cannot hold fails for its row, never turns into '?'. A
+        # database of character set NONE holds the application's bytes unconverted: its URL
+        # names the application's set (?charset=WIN1252), in which they are read and written.
+        if "charset" not in url.query:
+            url = url.update_query_dict({"charset": "UTF8"})
         engine = sa.create_engine(
             url,
             query_cache_size=0,  # see FirebirdCompiler
