@@ -173,6 +173,7 @@ def node_config(
     groups: dict[str, str],
     extra: str = "",
     level: str = "ERROR",
+    register_extra: str = "",
 ) -> Path:
     """replicator.toml (one server, one register, `register_id = 2`) and its mapping files.
     URLs are SQLAlchemy URLs or postgresql:// ones."""
@@ -196,6 +197,7 @@ def node_config(
         role = "register"
         node = "bench-caixa02"
         url = "{sa_url(register)}"
+        {register_extra}
         [log]
         level = "{level}"
         """)

@@ -296,7 +296,13 @@ def other_backend(kind: str, cluster: Cluster, work: Path, rows: int, repeats: i
         with engine.begin() as conn:
             table.drop(conn, checkfirst=True)
             table.create(conn)
-        with Node(node_config(d, target, url, MOVEMENT)) as node:
+        # a password in the bench's URL reaches the config by reference, as in a store
+        plain = engine.url._replace(password=None).render_as_string(hide_password=False)
+        extra = ""
+        if engine.url.password:
+            os.environ["BENCH_REGISTER_PASSWORD"] = str(engine.url.password)
+            extra = 'password_env = "BENCH_REGISTER_PASSWORD"'
+        with Node(node_config(d, target, plain, MOVEMENT, register_extra=extra)) as node:
             node.setup()
             source = pg_rows_like(cluster, rows)
             with engine.begin() as conn:
