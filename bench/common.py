@@ -408,8 +408,12 @@ def machine(admin: str = ADMIN) -> list[str]:
     with psycopg.connect(admin) as conn:
         pg = str(conn.execute("SELECT version()").fetchone()[0])  # type: ignore[index]
         maxconn = conn.execute("SHOW max_connections").fetchone()[0]  # type: ignore[index]
+    tree = str(Path(__file__).resolve().parent.parent)
     head = subprocess.run(
-        ["git", "-C", str(Path(__file__).resolve().parent.parent), "log", "-1", "--format=%h"],
+        ["git", "-C", tree, "log", "-1", "--format=%h"], capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", tree, "status", "--porcelain", "--untracked-files=no"],
         capture_output=True,
         text=True,
     ).stdout.strip()
@@ -420,7 +424,7 @@ def machine(admin: str = ADMIN) -> list[str]:
         f"OS: {platform.platform()}",
         f"PostgreSQL: {pg.split(' on ')[0]} at 127.0.0.1, max_connections {maxconn}",
         f"SQLite: {sqlite3.sqlite_version}; Python {platform.python_version()}",
-        f"replicator: tree at commit {head or '?'} plus uncommitted work",
+        f"replicator: tree at commit {head or '?'}" + (" plus uncommitted work" if dirty else ""),
     ]
 
 
