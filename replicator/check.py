@@ -52,10 +52,13 @@ def run_check(settings: Settings, databases: Databases) -> Report:
             continue
         runner = JobRunner(settings, databases, job)
         try:
-            plans = runner.plans()
+            indexed = list(enumerate(runner.plans()))
         except ReplicatorError as exc:
-            report.errors.extend(str(exc).splitlines())
-            continue
+            indexed, errors = runner.plans_each()  # every table's mistakes, not the first one's
+            report.errors.extend(errors or str(exc).splitlines())
+            if not indexed:
+                continue
+        plans = [plan for _, plan in indexed]
         target = databases[job.target]
         with target.engine.connect() as conn, databases[job.source].engine.connect() as sconn:
             set_up = target.has_table(conn, target.ct.state.fullname)
@@ -63,7 +66,7 @@ def run_check(settings: Settings, databases: Databases) -> Report:
                 report.errors.append(
                     f"database {job.target!r}: control tables missing; run `replicator setup`"
                 )
-            for index, plan in enumerate(plans):
+            for index, plan in indexed:
                 _check_table(report, settings.where(job.group, index), plan, conn, sconn)
             try:
                 drift = drift_of(target, conn, job, plans) if set_up else {}
@@ -75,7 +78,7 @@ def run_check(settings: Settings, databases: Databases) -> Report:
                 f"{target.ct.mapping_print.fullname}): mapping changes are not detected; run "
                 "`replicator setup` once to add it"
             )
-        for index, plan in enumerate(plans):
+        for index, plan in indexed:
             if drift and plan.label in drift:
                 report.warnings.append(
                     f"{settings.where(job.group, index)}: table {plan.label!r}: {drift[plan.label]}"

@@ -236,6 +236,22 @@ class JobRunner:
             ]
         return self._plans
 
+    def plans_each(self) -> tuple[list[tuple[int, TablePlan]], list[str]]:
+        """Each table's plan built on its own (`check`, after `plans` failed): the plans that
+        build, with their index in the group, and the errors of the others, so that one table
+        that is not set up does not hide the mistakes of the rest."""
+        built: list[tuple[int, TablePlan]] = []
+        errors: list[str] = []
+        for i, m in enumerate(self.group.tables):
+            try:
+                [source] = self._reflect_all(self.source, [m.source], "source")
+                [target] = self._reflect_all(self.target, [m.target_table], "target")
+                where = self.settings.where(self.job.group, i)
+                built.append((i, build_plan(m, source, target, self.job.vars, where)))
+            except ReplicatorError as exc:
+                errors.extend(str(exc).splitlines())
+        return built, errors
+
     def _reflect_all(self, backend: Backend, names: list[str], side: str) -> list[sa.Table]:
         try:
             with backend.engine.connect() as conn:

@@ -335,3 +335,25 @@ def test_json_output(tmp_path: Path) -> None:
     assert result.exit_code != 0
     [job] = json.loads(result.stdout)["jobs"]
     assert "does not exist" in job["error"]
+
+
+def test_check_reports_every_table_of_a_job_not_only_the_first_broken_one(
+    tmp_path: Path,
+) -> None:
+    """One table of the group has no tracking yet (added to the mapping after setup), another
+    maps a column that does not exist: `check` names both problems, each at its table."""
+    register, server = f"sqlite:///{tmp_path / 'r.db'}", f"sqlite:///{tmp_path / 's.db'}"
+    for url in (register, server):
+        execute(url, ITEM_DDL, "CREATE TABLE log_caixa (id integer PRIMARY KEY, msg text)")
+    one = "group: itens\ndirection: register_to_server\ntables:\n"
+    item = "  - source: item\n    key: [id]\n    columns:\n      name: nome_errado\n"
+    log = "  - source: log_caixa\n    key: [id]\n"
+    config = write_node(
+        tmp_path, server, register, {"itens": one + "  - source: item\n    key: [id]\n"}
+    )
+    assert invoke("-c", str(config), "setup").exit_code == 0
+    (tmp_path / "mappings" / "itens.yaml").write_text(one + item + log, encoding="utf-8")
+    result = invoke("-c", str(config), "check")
+    assert result.exit_code == 3, result.output
+    assert "'nome_errado' is not a column of source table 'item'" in result.output
+    assert "log_caixa" in result.output and "replicator setup" in result.output
