@@ -538,6 +538,95 @@ class Backend:
         return None
 
 
+class StagedTarget(Backend):
+    """A target whose own upsert would touch equal rows (MariaDB's ON DUPLICATE KEY UPDATE
+    fires the insert trigger for every row; SQL Server has no skipping MERGE): rows go into a
+    stage table (`stage`), then one UPDATE of the rows that differ (`differs`, exact) and one
+    INSERT of the missing ones, so a repeated batch touches nothing. Deletes go by lists of
+    keys (`key_match`)."""
+
+    def stage(
+        self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
+    ) -> sa.TableClause:
+        """A temporary table with `columns` of `table`, holding `rows`."""
+        raise NotImplementedError
+
+    def differs(self, a: Any, b: Any) -> sa.ColumnElement[bool]:
+        """NULL-safe and exact: the target's value `a` is not the staged value `b`."""
+        return comparable(a).is_distinct_from(comparable(b))  # type: ignore[no-any-return]
+
+    def key_match(
+        self, table: sa.Table, key: Sequence[str], keys: Sequence[Row]
+    ) -> sa.ColumnElement[bool]:
+        """The rows of `table` whose `key` is one of `keys` (default: a row-value IN)."""
+        if len(key) == 1:
+            return table.c[key[0]].in_([k[0] for k in keys])
+        return sa.tuple_(*[table.c[k] for k in key]).in_([tuple(k) for k in keys])
+
+    def upsert(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        columns: Sequence[str],
+        key: Sequence[str],
+        rows: Sequence[Row],
+        conflict: Conflict,
+    ) -> list[Row]:
+        if not rows:
+            return []
+        kept = (
+            self.conflicting_keys(conn, table, columns, key, rows)
+            if conflict.rule == "keep_target"
+            else []
+        )
+        stage = self.stage(conn, table, columns, rows)
+        for stmt in update_then_insert(table, stage, columns, key, conflict, self.differs):
+            conn.execute(stmt)
+        return kept
+
+    def delete(
+        self,
+        conn: Connection,
+        table: sa.Table,
+        key: Sequence[str],
+        keys: Sequence[Row],
+        soft_column: str | None,
+    ) -> int:
+        done = 0
+        for part in chunks(keys, key_chunk(self.capabilities.max_bind_params, len(key))):
+            where = self.key_match(table, key, part)
+            done += int(conn.execute(delete_statement(table, where, soft_column)).rowcount or 0)
+        return done
+
+
+def update_then_insert(
+    table: sa.Table,
+    stage: sa.TableClause,
+    columns: Sequence[str],
+    key: Sequence[str],
+    conflict: Conflict,
+    differs: Callable[[Any, Any], sa.ColumnElement[bool]],
+) -> list[Any]:
+    """From a stage: UPDATE of the rows that differ (by the conflict rule), then INSERT of
+    the missing ones."""
+    match = sa.and_(*[table.c[k] == stage.c[k] for k in key])
+    out: list[Any] = []
+    others = [c for c in columns if c not in key]
+    if others and conflict.rule != "keep_target":
+        changed = sa.or_(*[differs(table.c[c], stage.c[c]) for c in others])
+        if conflict.rule == "newer_wins" and conflict.column:
+            col = conflict.column
+            changed = sa.and_(changed, sa.or_(table.c[col].is_(None), stage.c[col] > table.c[col]))
+        out.append(
+            sa.update(table).where(match, changed).values({table.c[c]: stage.c[c] for c in others})
+        )
+    missing = sa.select(*[stage.c[c] for c in columns]).where(
+        ~sa.exists().where(match).correlate(stage)
+    )
+    out.append(sa.insert(table).from_select(list(columns), missing))
+    return out
+
+
 def comparable(col: Any) -> Any:
     """Columns whose type has no equality (json, unknown types) compare as text."""
     kind = col.type
@@ -583,4 +672,12 @@ def chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield seq[start : start + size]
 
 
-__all__ = ["Backend", "BusyError", "Capabilities", "Conflict", "Row", "TrackedTable"]
+__all__ = [
+    "Backend",
+    "BusyError",
+    "Capabilities",
+    "Conflict",
+    "Row",
+    "StagedTarget",
+    "TrackedTable",
+]

@@ -27,15 +27,12 @@ from sqlalchemy.sql.elements import Cast
 
 from replicator.backends.base import (
     PURGE_PAGE,
-    Backend,
     Capabilities,
-    Conflict,
     Row,
+    StagedTarget,
     TrackedTable,
     chunks,
-    delete_statement,
     first_line,
-    key_chunk,
 )
 from replicator.backends.odbc import braced, odbc_error, readable
 from replicator.errors import BusyError, ConfigError, ReplicatorError
@@ -200,7 +197,7 @@ class MariaDBInsert(mysql.Insert):
         return self.on_duplicate_key_update(dict(set_ or {}))
 
 
-class MariaDBBackend(Backend):
+class MariaDBBackend(StagedTarget):
     dialect = "mariadb"
     capabilities = Capabilities(max_bind_params=32000, bulk_copy=False, schemas=False)
     control_schema = None
@@ -492,47 +489,6 @@ class MariaDBBackend(Backend):
 
         return check
 
-    def upsert(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        columns: Sequence[str],
-        key: Sequence[str],
-        rows: Sequence[Row],
-        conflict: Conflict,
-    ) -> list[Row]:
-        """Rows go into a temporary stage table, then one UPDATE of the rows that differ and
-        one INSERT of the missing ones: a row equal to the target is not touched, so no
-        trigger fires for it (INSERT ... ON DUPLICATE KEY UPDATE fires the insert trigger for
-        every row and the update trigger for every duplicate)."""
-        if not rows:
-            return []
-        kept = (
-            self.conflicting_keys(conn, table, columns, key, rows)
-            if conflict.rule == "keep_target"
-            else []
-        )
-        stage = self.stage(conn, table, columns, rows)
-        match = sa.and_(*[table.c[k] == stage.c[k] for k in key])
-        others = [c for c in columns if c not in key]
-        if others and conflict.rule != "keep_target":
-            changed = sa.or_(*[_differs(table.c[c], stage.c[c]) for c in others])
-            if conflict.rule == "newer_wins" and conflict.column:
-                col = conflict.column
-                changed = sa.and_(
-                    changed, sa.or_(table.c[col].is_(None), stage.c[col] > table.c[col])
-                )
-            conn.execute(
-                sa.update(table)
-                .where(match, changed)
-                .values({table.c[c]: stage.c[c] for c in others})
-            )
-        missing = sa.select(*[stage.c[c] for c in columns]).where(
-            ~sa.exists().where(match).correlate(stage)
-        )
-        conn.execute(sa.insert(table).from_select(list(columns), missing))
-        return kept
-
     def stage(
         self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
     ) -> sa.TableClause:
@@ -557,31 +513,13 @@ class MariaDBBackend(Backend):
             conn.exec_driver_sql(f"INSERT INTO {name} ({cols}) VALUES {values}", params)
         return sa.table(bare, *[sa.column(c) for c in columns])
 
-    def delete(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        key: Sequence[str],
-        keys: Sequence[Row],
-        soft_column: str | None,
-    ) -> int:
-        done = 0
-        for part in chunks(keys, key_chunk(self.capabilities.max_bind_params, len(key))):
-            if len(key) == 1:
-                where = table.c[key[0]].in_([k[0] for k in part])
-            else:
-                where = sa.tuple_(*[table.c[k] for k in key]).in_([tuple(k) for k in part])
-            done += int(conn.execute(delete_statement(table, where, soft_column)).rowcount or 0)
-        return done
-
-
-def _differs(a: Any, b: Any) -> sa.ColumnElement[bool]:
-    """NULL-safe and exact: text compares by its bytes (the collation would take 'Jose' and
-    'JOSE', or 'a' and 'a ', as equal and skip the update)."""
-    if isinstance(a.type, sa.String | sa.JSON | sa.types.NullType):
-        a, b = sa.cast(a, sa.LargeBinary), sa.cast(b, sa.LargeBinary)
-    same: sa.ColumnElement[bool] = a.op("<=>", is_comparison=True)(b)
-    return sa.not_(same)
+    def differs(self, a: Any, b: Any) -> sa.ColumnElement[bool]:
+        """NULL-safe and exact: text compares by its bytes (the collation would take 'Jose'
+        and 'JOSE', or 'a' and 'a ', as equal and skip the update)."""
+        if isinstance(a.type, sa.String | sa.JSON | sa.types.NullType):
+            a, b = sa.cast(a, sa.LargeBinary), sa.cast(b, sa.LargeBinary)
+        same: sa.ColumnElement[bool] = a.op("<=>", is_comparison=True)(b)
+        return sa.not_(same)
 
 
 def _fit_control_tables(metadata: sa.MetaData) -> None:

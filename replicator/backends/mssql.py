@@ -27,14 +27,14 @@ from sqlalchemy.sql.elements import BinaryExpression, BindParameter, Tuple
 
 from replicator.backends.base import (
     PURGE_PAGE,
-    Backend,
     Capabilities,
     Conflict,
     Row,
+    StagedTarget,
     TrackedTable,
     chunks,
     delete_statement,
-    key_chunk,
+    update_then_insert,
 )
 from replicator.backends.odbc import odbc_error
 from replicator.errors import BusyError
@@ -175,7 +175,7 @@ def _row_compare(left: list[Any], right: list[Any], op: Any) -> sa.ColumnElement
     )
 
 
-class SQLServerBackend(Backend):
+class SQLServerBackend(StagedTarget):
     dialect = "mssql"
     capabilities = Capabilities(max_bind_params=2000, bulk_copy=False, schemas=True)
     control_schema = "replicator"
@@ -382,29 +382,6 @@ class SQLServerBackend(Backend):
     def insert_construct(self, table: sa.Table) -> Any:
         return MergeInsert(table)
 
-    def upsert(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        columns: Sequence[str],
-        key: Sequence[str],
-        rows: Sequence[Row],
-        conflict: Conflict,
-    ) -> list[Row]:
-        """Update-then-insert from a #stage table: rows equal to the target are not touched
-        (no trigger, no new rowversion)."""
-        if not rows:
-            return []
-        kept = (
-            self.conflicting_keys(conn, table, columns, key, rows)
-            if conflict.rule == "keep_target"
-            else []
-        )
-        stage = self.stage(conn, table, columns, rows)
-        for stmt in upsert_statements(table, stage, columns, key, conflict):
-            conn.execute(stmt)
-        return kept
-
     def stage(
         self, conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Row]
     ) -> sa.Table:
@@ -419,18 +396,13 @@ class SQLServerBackend(Backend):
             )
         return stage
 
-    def delete(
-        self,
-        conn: Connection,
-        table: sa.Table,
-        key: Sequence[str],
-        keys: Sequence[Row],
-        soft_column: str | None,
-    ) -> int:
-        done = 0
-        for part in chunks(keys, key_chunk(self.capabilities.max_bind_params, len(key))):
-            done += int(conn.execute(delete_keys(table, key, part, soft_column)).rowcount or 0)
-        return done
+    def differs(self, a: Any, b: Any) -> sa.ColumnElement[bool]:
+        return _differs(a, b)
+
+    def key_match(
+        self, table: sa.Table, key: Sequence[str], keys: Sequence[Row]
+    ) -> sa.ColumnElement[bool]:
+        return _key_match(table, key, keys)
 
 
 BOUND = "SELECT CAST(MIN_ACTIVE_ROWVERSION() AS bigint) - 1"
@@ -463,23 +435,8 @@ def upsert_statements(
     key: Sequence[str],
     conflict: Conflict,
 ) -> list[Any]:
-    """UPDATE of the rows that differ (by the conflict rule), then INSERT of the missing."""
-    match = sa.and_(*[table.c[k] == stage.c[k] for k in key])
-    out: list[Any] = []
-    others = [c for c in columns if c not in key]
-    if others and conflict.rule != "keep_target":
-        changed = sa.or_(*[_differs(table.c[c], stage.c[c]) for c in others])
-        if conflict.rule == "newer_wins" and conflict.column:
-            col = conflict.column
-            changed = sa.and_(changed, sa.or_(table.c[col].is_(None), stage.c[col] > table.c[col]))
-        out.append(
-            sa.update(table).where(match, changed).values({table.c[c]: stage.c[c] for c in others})
-        )
-    missing = sa.select(*[stage.c[c] for c in columns]).where(
-        ~sa.exists().where(match).correlate(stage)
-    )
-    out.append(sa.insert(table).from_select(list(columns), missing))
-    return out
+    """The statements of SQL Server's upsert from a stage (see StagedTarget)."""
+    return update_then_insert(table, stage, columns, key, conflict, _differs)
 
 
 def _differs(a: Any, b: Any) -> sa.ColumnElement[bool]:
@@ -491,17 +448,18 @@ def _differs(a: Any, b: Any) -> sa.ColumnElement[bool]:
     return differs
 
 
+def _key_match(table: sa.Table, key: Sequence[str], keys: Sequence[Row]) -> sa.ColumnElement[bool]:
+    """SQL Server has no row-value IN: (k1 = ? AND k2 = ?) OR ... for composite keys."""
+    if len(key) == 1:
+        return table.c[key[0]].in_([k[0] for k in keys])
+    return sa.or_(*[sa.and_(*[table.c[c] == v for c, v in zip(key, k, strict=True)]) for k in keys])
+
+
 def delete_keys(
     table: sa.Table, key: Sequence[str], keys: Sequence[Row], soft_column: str | None
 ) -> Any:
-    """SQL Server has no row-value IN: (k1 = ? AND k2 = ?) OR ... for composite keys."""
-    if len(key) == 1:
-        where: sa.ColumnElement[bool] = table.c[key[0]].in_([k[0] for k in keys])
-    else:
-        where = sa.or_(
-            *[sa.and_(*[table.c[c] == v for c, v in zip(key, k, strict=True)]) for k in keys]
-        )
-    return delete_statement(table, where, soft_column)
+    """The DELETE (or soft delete) of one list of keys."""
+    return delete_statement(table, _key_match(table, key, keys), soft_column)
 
 
 def purge_statement(tombstone: sa.Table, floor: int) -> Any:
