@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection
 from replicator.apply import Applier, TableRound, Tally
 from replicator.backends import Backend, open_backend
 from replicator.backends.base import Row
-from replicator.backends.postgresql import PostgreSQLBackend
+from replicator.backends.postgresql import DIRECT_WAIT, PostgreSQLBackend
 from replicator.codec import Codec
 from replicator.config import Job, Settings
 from replicator.errors import BusyError, CheckError, PermanentError, ReplicatorError
@@ -66,7 +66,6 @@ from replicator.transform import TablePlan, build_plan
 
 T = TypeVar("T")
 DONE = 2**62  # a tombstone position's tie when its whole version is done
-DIRECT_WAIT = 16  # batches through the stage after a direct COPY met an existing key
 STREAM_FACTOR = 10  # an atomic batch of COPY streams takes this many times batch_rows
 
 
@@ -679,26 +678,24 @@ class JobRunner:
         not grow with the batch then, and each batch costs a dozen round trips and two
         commits whatever its size)."""
         if self.stream_batches and all(
-            not ts.held.get(p.label)
-            and p.label not in ts.fenced
-            and p.label not in self.reverse
-            and p.conflict.rule != "keep_target"
-            and self.applier.streamable(p)
+            self._streams(
+                p, bool(ts.held.get(p.label)), p.label in ts.fenced, p.label in self.reverse
+            )
             for p in self.plans()
         ):
             return self.batch_rows * STREAM_FACTOR
         return self.batch_rows
 
     def _streamable(self, tr: TableRound) -> bool:
+        return self._streams(tr.plan, bool(tr.held), bool(tr.fenced), tr.reverse is not None)
+
+    def _streams(self, plan: TablePlan, held: bool, fenced: bool, two_way: bool) -> bool:
         """Rows may travel as COPY blocks, never decoded: PostgreSQL to PostgreSQL, and
         nothing the apply does per row in Python (held or fenced keys, two-way tables,
         keep_target, value checks, time zone adapters)."""
-        plan = tr.plan
         return (
             self.copy_through
-            and not tr.held
-            and not tr.fenced
-            and tr.reverse is None
+            and not (held or fenced or two_way)
             and plan.conflict.rule != "keep_target"
             and self.applier.streamable(plan)
         )

@@ -479,7 +479,9 @@ class DirectRefused(Exception):
     try_again = True  # read by apply's bisection
 
 
-DIRECT_WAIT = 16  # pages through the stage after a direct COPY met an existing key
+# pages (or, for COPY streams, batches) through the stage after a direct COPY met an
+# existing key, before a direct COPY is tried again
+DIRECT_WAIT = 16
 
 
 def _pipe(out: Any, into: Any, beat: Callable[[], None] | None) -> None:
