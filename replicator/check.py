@@ -13,7 +13,7 @@ from replicator.backends.base import first_line
 from replicator.config import Job, Settings
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.mapping import FromColumn
-from replicator.preflight import cannot_connect
+from replicator.preflight import cannot_connect, connect_problem
 from replicator.resync_drift import drift_of
 from replicator.sync import Databases, JobRunner
 from replicator.transform import TablePlan
@@ -36,16 +36,15 @@ def run_check(settings: Settings, databases: Databases) -> Report:
     for name in settings.config.databases:
         backend = databases[name]
         try:
-            with backend.engine.connect() as conn:
-                backend.ping(conn)
+            problem = connect_problem(backend)
+        except ConfigError as exc:  # a driver or data source that is not there
+            report.errors.append(f"database {name!r}: {exc}")
+            continue
+        if problem:
+            report.errors.append(str(cannot_connect(name, backend, problem)))
+        else:
             reachable.add(name)
             report.checked.append(f"database {name}: {backend.display_url} reachable")
-        except sa_exc.SQLAlchemyError as exc:
-            sorted_ = backend.classify(exc)
-            if isinstance(sorted_, ConfigError):  # a driver or data source that is not there
-                report.errors.append(f"database {name!r}: {sorted_}")
-            else:
-                report.errors.append(str(cannot_connect(name, backend, first_line(exc))))
     grants = Grants()
     for job in settings.jobs(list(settings.groups)):
         if not {job.source, job.target} <= reachable:
